@@ -1,0 +1,312 @@
+"""The pure core: what a thread's events mean, and what should happen next (factors 5, 8, 12).
+
+Nothing here does I/O or reads the clock. ``project`` folds stored events into a
+:class:`ThreadState`; ``next_move`` decides the engine's next move from that state, the
+agent's definition and the time it is given; ``wake_at`` says when a thread needs the engine
+again (now, at its next durable timer, or not until someone writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from app.agent import Agent, TimerKind, TimerPolicy
+from app.events import (
+    ActionChosen,
+    ApprovalRequested,
+    DoneForNow,
+    ErrorEvent,
+    Escalated,
+    Event,
+    HumanResponse,
+    InformationRequested,
+    Retried,
+    StoredEvent,
+    TimerFired,
+    ToolResult,
+    ToolStarted,
+    UserMessage,
+)
+
+Status = Literal["running", "awaiting_approval", "awaiting_response", "done"]
+STATUSES: tuple[Status, ...] = ("running", "awaiting_approval", "awaiting_response", "done")
+MAX_CONSECUTIVE_ERRORS = 3
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    action_seq: int
+    intent: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A question to a person that is open: what kind, since when, which timers fired."""
+
+    kind: TimerKind
+    request_seq: int
+    since: datetime
+    fired: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    status: Status = "running"
+    version: int = 0
+    last: Event | None = None
+    pending: PendingApproval | None = None
+    waiting: Waiting | None = None
+    consecutive_errors: int = 0
+    recent_errors: tuple[str, ...] = ()
+    model_calls_since_human: int = 0
+    # Set while a tool's start is recorded but its result is not: (action_seq, action).
+    tool_in_flight: tuple[int, dict[str, Any]] | None = None
+    # Set right after a human approved, until the tool starts.
+    approved: PendingApproval | None = None
+
+
+def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
+    """One step of the fold. Total over the event union: mypy checks the match."""
+    event = stored.event
+    s = replace(state, version=stored.seq, last=event, approved=None)
+    match event:
+        case UserMessage():
+            # A tool in flight stays so: only its outcome or a person's decision settles it.
+            return _fresh_turn(s)
+        case ActionChosen():
+            return replace(s, model_calls_since_human=s.model_calls_since_human + 1)
+        case ToolStarted():
+            return replace(s, tool_in_flight=(event.action_seq, event.action))
+        case ToolResult():
+            return replace(s, consecutive_errors=0, recent_errors=(), tool_in_flight=None)
+        case ErrorEvent():
+            return replace(
+                s,
+                consecutive_errors=s.consecutive_errors + 1,
+                recent_errors=(*s.recent_errors[-(MAX_CONSECUTIVE_ERRORS - 1) :], event.message),
+                tool_in_flight=None,
+            )
+        case ApprovalRequested():
+            pending = PendingApproval(event.action_seq, event.intent, dict(event.arguments))
+            waiting = Waiting("approval", stored.seq, stored.created_at)
+            return replace(s, status="awaiting_approval", pending=pending, waiting=waiting)
+        case HumanResponse():
+            approved = s.pending if event.kind == "approval" and event.approved else None
+            return replace(
+                s,
+                status="running",
+                pending=None,
+                waiting=None,
+                approved=approved,
+                consecutive_errors=0,
+                recent_errors=(),
+                model_calls_since_human=0,
+            )
+        case InformationRequested():
+            waiting = Waiting("response", stored.seq, stored.created_at)
+            return replace(s, status="awaiting_response", waiting=waiting)
+        case Escalated():
+            # A person now decides what happens, including about an interrupted tool.
+            waiting = Waiting("response", stored.seq, stored.created_at)
+            return replace(s, status="awaiting_response", waiting=waiting, tool_in_flight=None)
+        case TimerFired():
+            if s.waiting is None:
+                return s
+            return replace(s, waiting=replace(s.waiting, fired=s.waiting.fired | {event.kind}))
+        case Retried():
+            # An operator takes the place of the person asked: the step runs again afresh.
+            return _fresh_turn(s)
+        case DoneForNow():
+            return replace(s, status="done", waiting=None)
+
+
+def _fresh_turn(s: ThreadState) -> ThreadState:
+    """A person spoke: the thread runs, nothing is pending, the error and step counts restart."""
+    return replace(
+        s,
+        status="running",
+        pending=None,
+        waiting=None,
+        consecutive_errors=0,
+        recent_errors=(),
+        model_calls_since_human=0,
+    )
+
+
+def project(events: Iterable[StoredEvent], state: ThreadState | None = None) -> ThreadState:
+    state = state or ThreadState()
+    for stored in events:
+        state = apply(state, stored)
+    return state
+
+
+# -- moves --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing to do until a person writes, or until a timer is due."""
+
+
+@dataclass(frozen=True)
+class CallModel:
+    pass
+
+
+@dataclass(frozen=True)
+class RunTool:
+    action_seq: int
+    action: dict[str, Any]
+    record_start: bool  # True for non-idempotent tools: a crash must not re-run them unseen
+
+
+@dataclass(frozen=True)
+class Escalate:
+    reason: str
+
+
+@dataclass(frozen=True)
+class FireTimer:
+    kind: Literal["reminder", "escalation"]
+    request_seq: int
+
+
+@dataclass(frozen=True)
+class TimeOut:
+    """Nobody answered in time: answer for them, so the agent can go on."""
+
+    response: HumanResponse
+
+
+Move = Idle | CallModel | RunTool | Escalate | FireTimer | TimeOut
+
+
+def next_move(state: ThreadState, agent: Agent, step_cap: int, now: datetime) -> Move:
+    if state.waiting is not None and state.status != "running":
+        return _timer_move(state.waiting, agent.timers.get(state.waiting.kind), now)
+    if state.status != "running" or state.last is None:
+        return Idle()
+    if state.approved is not None:
+        approved = state.approved
+        action = {"intent": approved.intent, **approved.arguments}
+        return RunTool(approved.action_seq, action, _needs_start_record(agent, approved.intent))
+    if state.tool_in_flight is not None:
+        # Its start was recorded and no result followed: the process died while it ran.
+        seq, action = state.tool_in_flight
+        tool = agent.tools_by_intent.get(str(action.get("intent")))
+        if tool is not None and tool.idempotent:
+            return RunTool(seq, action, False)
+        return Escalate(
+            f"`{action.get('intent')}` was interrupted and may or may not have run; "
+            "it is not safe to repeat it automatically. Check, then tell me how to go on."
+        )
+    if isinstance(state.last, ActionChosen):
+        # The model's choice was recorded but not acted on yet.
+        return _act_on(state.version, state.last, agent)
+    if state.consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
+        distinct = list(dict.fromkeys(state.recent_errors))
+        said = "; ".join(distinct) if len(distinct) > 1 else f"{distinct[0]} (each time)"
+        return Escalate(f"I stopped after {state.consecutive_errors} failures in a row: {said}")
+    if state.model_calls_since_human >= step_cap:
+        return Escalate(f"I reached the limit of {step_cap} steps without hearing from a person.")
+    return CallModel()
+
+
+def _timer_move(waiting: Waiting, policy: TimerPolicy | None, now: datetime) -> Move:
+    due = _due_timer(waiting, policy)
+    if due is None or due[1] > now:
+        return Idle()
+    what, _ = due
+    if what == "timeout":
+        assert policy is not None and policy.timeout_after is not None
+        reason = f"no answer within {human_duration(policy.timeout_after)}"
+        if waiting.kind == "approval":
+            response = HumanResponse(
+                kind="approval", approved=False, comment=reason, channel="timer", author="timer"
+            )
+        else:
+            response = HumanResponse(
+                kind="response", text=f"({reason})", channel="timer", author="timer"
+            )
+        return TimeOut(response)
+    return FireTimer(what, waiting.request_seq)
+
+
+def _due_timer(
+    waiting: Waiting, policy: TimerPolicy | None
+) -> tuple[Literal["reminder", "escalation", "timeout"], datetime] | None:
+    """The next timer of this wait that has not fired, and when it is due."""
+    if policy is None:
+        return None
+    steps: list[tuple[Literal["reminder", "escalation", "timeout"], timedelta | None]] = [
+        ("reminder", policy.remind_after),
+        ("escalation", policy.escalate_after),
+        ("timeout", policy.timeout_after),
+    ]
+    for name, after in steps:
+        if after is not None and name not in waiting.fired:
+            return name, waiting.since + after
+    return None
+
+
+def failed_step(events: Sequence[StoredEvent], state: ThreadState) -> bool:
+    """Whether the thread's last step failed: an error it may still retry on its own, or
+    an escalation (errors in a row, the step cap, an interrupted tool) awaiting a person."""
+    if state.consecutive_errors > 0:
+        return True
+    waiting = state.waiting
+    if state.status != "awaiting_response" or waiting is None:
+        return False
+    return isinstance(events[waiting.request_seq - 1].event, Escalated)
+
+
+def wake_at(state: ThreadState, agent: Agent, now: datetime) -> datetime | None:
+    """When the engine should look at this thread again; None: when someone writes."""
+    if state.status == "running":
+        return now
+    if state.waiting is None:
+        return None
+    due = _due_timer(state.waiting, agent.timers.get(state.waiting.kind))
+    return None if due is None else due[1]
+
+
+def _act_on(seq: int, chosen: ActionChosen, agent: Agent) -> Move:
+    tool = agent.tools_by_intent.get(chosen.intent)
+    if tool is None or tool.approval_needed(chosen.action):
+        return CallModel()  # human actions and approvals are appended with their action
+    return RunTool(seq, chosen.action, not tool.idempotent)
+
+
+def _needs_start_record(agent: Agent, intent: str) -> bool:
+    tool = agent.tools_by_intent.get(intent)
+    return tool is not None and not tool.idempotent
+
+
+def consequences(action_seq: int, action: dict[str, Any], agent: Agent) -> list[Event]:
+    """Events that follow the model's choice at once, in the same append as the choice."""
+    intent = str(action["intent"])
+    args = {k: v for k, v in action.items() if k != "intent"}
+    if intent == "request_more_information":
+        return [InformationRequested(question=str(args.get("message", "")))]
+    if intent == "done_for_now":
+        return [DoneForNow(message=str(args.get("message", "")))]
+    tool = agent.tools_by_intent[intent]
+    if tool.approval_needed(action):
+        return [ApprovalRequested(intent=intent, arguments=args, action_seq=action_seq)]
+    return []
+
+
+def human_duration(delta: timedelta) -> str:
+    if delta < timedelta(seconds=1):
+        return f"{round(delta.total_seconds() * 1000)} ms"
+    seconds = int(delta.total_seconds())
+    if seconds >= 2 * 86400 and seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"

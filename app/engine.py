@@ -1,0 +1,319 @@
+"""The engine: the imperative shell around the pure core.
+
+``Engine.run(thread_id)`` steps one thread until it pauses for a person or waits out a
+backoff. Each step: decide with ``core.next_move``, do the one thing decided (a model call,
+a tool, an escalation, a timer), and append the resulting events — with any outbound
+contacts — at the version it read, in one transaction. A conflict means someone else
+appended first: reload and decide again. The events are only reloaded on a conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from app import core
+from app.agent import Agent, Tool, ToolContext, ToolResultValue
+from app.contacts import Contacts
+from app.context import ContextRenderer
+from app.errors import LLMError, ToolError, ToolOutcomeUnknown, VersionConflict
+from app.events import (
+    ActionChosen,
+    ErrorEvent,
+    Escalated,
+    Event,
+    StoredEvent,
+    TimerFired,
+    ToolResult,
+    ToolStarted,
+)
+from app.llm import LLM
+from app.logs import log_context
+from app.metrics import LLM_COST, LLM_SECONDS, LLM_TOKENS, STEP_SECONDS, STEPS
+from app.store import Store, ThreadRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    step_cap: int = 20
+    tool_timeout: float = 120.0
+    # After a failed model call the thread waits base * 2**(n-1) seconds before the retry.
+    retry_backoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where ``run`` left the thread: its version, and when it needs a worker again."""
+
+    version: int
+    run_after: datetime | None
+
+
+class _Thread:
+    """A worker's in-memory copy of one thread: its events and their projected state."""
+
+    def __init__(self, record: ThreadRecord) -> None:
+        self.id = record.id
+        self.agent_name = record.agent
+        self.channel = record.channel
+        self.channel_key = record.channel_key
+        self.events: list[StoredEvent] = list(record.events)
+        self.state = core.project(self.events)
+
+    def extend(self, stored: Sequence[StoredEvent]) -> None:
+        self.events.extend(stored)
+        self.state = core.project(stored, self.state)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        agents: Mapping[str, Agent],
+        llm: LLM,
+        renderer: ContextRenderer,
+        http: httpx.AsyncClient,
+        config: EngineConfig | None = None,
+        contacts: Contacts | None = None,
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.llm = llm
+        self.renderer = renderer
+        self.http = http
+        self.config = config or EngineConfig()
+        self.contacts = contacts or Contacts({}, "")
+
+    async def run(self, thread_id: str) -> RunResult:
+        """Step the thread until it is idle, or waits out a backoff."""
+        thread = _Thread(await self.store.load(thread_id))
+        with log_context(thread_id=thread_id, agent=thread.agent_name):
+            return await self._run(thread)
+
+    async def _run(self, thread: _Thread) -> RunResult:
+        while True:
+            agent = self.agents[thread.agent_name]
+            step_cap = agent.step_cap or self.config.step_cap
+            now = utcnow()
+            move = core.next_move(thread.state, agent, step_cap, now)
+            if isinstance(move, core.Idle):
+                return RunResult(thread.state.version, core.wake_at(thread.state, agent, now))
+            kind = _MOVE_KINDS[type(move)]
+            started = time.perf_counter()
+            try:
+                retry_in = await self._do(thread, agent, move)
+            except VersionConflict:
+                log.debug("thread %s: conflict at %s, reloading", thread.id, thread.state.version)
+                thread = _Thread(await self.store.load(thread.id))
+                continue
+            finally:
+                STEPS.labels(agent.name, kind).inc()
+                STEP_SECONDS.labels(agent.name, kind).observe(time.perf_counter() - started)
+            if retry_in is not None:
+                return RunResult(thread.state.version, utcnow() + retry_in)
+
+    async def _do(self, thread: _Thread, agent: Agent, move: core.Move) -> timedelta | None:
+        match move:
+            case core.CallModel():
+                return await self._call_model(thread, agent)
+            case core.RunTool():
+                await self._run_tool(thread, agent, move)
+            case core.Escalate():
+                await self._append(thread, agent, [Escalated(reason=move.reason)])
+            case core.FireTimer():
+                await self._append(
+                    thread, agent, [TimerFired(kind=move.kind, request_seq=move.request_seq)]
+                )
+            case core.TimeOut():
+                await self._append(thread, agent, [move.response])
+            case core.Idle():
+                pass
+        return None
+
+    async def _call_model(self, thread: _Thread, agent: Agent) -> timedelta | None:
+        context = self.renderer.render(agent, thread.events)
+        started = time.perf_counter()
+        try:
+            reply = await self.llm.choose(context.messages, agent)
+        except LLMError as exc:
+            LLM_SECONDS.labels(_model_label(self.llm), exc.kind).observe(
+                time.perf_counter() - started
+            )
+            kind = {"timeout": "timeout", "invalid_output": "invalid_output"}.get(exc.kind, "llm")
+            return await self._failed(thread, agent, ErrorEvent(kind=kind, message=exc.message))
+        model = reply.model or _model_label(self.llm)
+        LLM_SECONDS.labels(model, "ok").observe(time.perf_counter() - started)
+        LLM_TOKENS.labels(model, "prompt").inc(reply.prompt_tokens or context.tokens)
+        LLM_TOKENS.labels(model, "completion").inc(reply.completion_tokens or 0)
+        LLM_COST.labels(model).inc(reply.cost_usd or 0.0)
+        try:
+            action = agent.parse_action(reply.action)
+        except ValidationError as exc:
+            message = "output did not match any action: " + _validation_summary(exc)
+            return await self._failed(
+                thread, agent, ErrorEvent(kind="invalid_output", message=message)
+            )
+        chosen_seq = thread.state.version + 1
+        action_dict = action.model_dump(mode="json")
+        chosen = ActionChosen(
+            action=action_dict,
+            model=reply.model,
+            mode=reply.mode,
+            prompt_tokens=reply.prompt_tokens or context.tokens,
+            completion_tokens=reply.completion_tokens,
+            cost_usd=reply.cost_usd,
+            latency_ms=reply.latency_ms,
+        )
+        tool = agent.tools_by_intent.get(action.intent)
+        if tool is not None and not tool.approval_needed(action_dict):
+            if tool.idempotent:
+                # Run it first and write choice and outcome in one append: a crash in
+                # between only means the model is asked again, and the tool may re-run.
+                outcome = await self._execute(thread, tool, action_dict, chosen_seq)
+                await self._append(thread, agent, [chosen, outcome])
+            else:
+                start = ToolStarted(intent=tool.intent, action=action_dict, action_seq=chosen_seq)
+                await self._append(thread, agent, [chosen, start])
+                outcome = await self._execute(thread, tool, action_dict, chosen_seq)
+                await self._append_fact(thread, agent, outcome)
+            return None
+        new = [chosen, *core.consequences(chosen_seq, action_dict, agent)]
+        await self._append(thread, agent, new)
+        return None
+
+    async def _failed(self, thread: _Thread, agent: Agent, error: ErrorEvent) -> timedelta | None:
+        log.warning("thread %s: %s: %s", thread.id, error.kind, error.message)
+        attempt = thread.state.consecutive_errors + 1
+        backoff = self.config.retry_backoff * 2 ** (attempt - 1)
+        last_try = attempt >= core.MAX_CONSECUTIVE_ERRORS
+        retry_in = timedelta(seconds=backoff) if backoff and not last_try else None
+        await self._append(thread, agent, [error], retry_in=retry_in)
+        return retry_in
+
+    async def _run_tool(self, thread: _Thread, agent: Agent, move: core.RunTool) -> None:
+        """An approved tool, or one whose choice was recorded before a crash."""
+        tool = agent.tools_by_intent[str(move.action["intent"])]
+        if move.record_start:
+            started_event = ToolStarted(
+                intent=tool.intent, action=move.action, action_seq=move.action_seq
+            )
+            await self._append(thread, agent, [started_event])
+        outcome = await self._execute(thread, tool, move.action, move.action_seq)
+        await self._append_fact(thread, agent, outcome)
+
+    async def _execute(
+        self, thread: _Thread, tool: Tool, action: dict[str, Any], action_seq: int
+    ) -> ToolResult | ErrorEvent | Escalated:
+        """Run the handler; every failure becomes a compact error event (factor 9), except
+        that a non-idempotent tool whose outcome is unknown is a question for a person."""
+        ctx = ToolContext(thread_id=thread.id, http=self.http, db=self.store.engine)
+        started = time.perf_counter()
+        try:
+            call = tool.model.model_validate(action)
+            value = await asyncio.wait_for(tool.handler(call, ctx), self.config.tool_timeout)
+        except (ToolOutcomeUnknown, TimeoutError) as exc:
+            detail = exc.message if isinstance(exc, ToolError) else "it timed out"
+            if not tool.idempotent:
+                return Escalated(
+                    reason=f"`{tool.intent}` may or may not have run: {detail}. "
+                    "It is not safe to repeat it automatically. Check, then tell me how to go on."
+                )
+            return ErrorEvent(kind="tool", message=f"{tool.intent}: {detail}")
+        except ToolError as exc:
+            return ErrorEvent(kind="tool", message=f"{tool.intent}: {exc.message}")
+        except ValidationError as exc:
+            return ErrorEvent(kind="tool", message=f"{tool.intent}: {_validation_summary(exc)}")
+        except Exception as exc:
+            log.exception("thread %s: tool %s crashed", thread.id, tool.intent)
+            return ErrorEvent(
+                kind="tool", message=f"{tool.intent}: {type(exc).__name__}: {exc}"[:300]
+            )
+        return ToolResult(
+            intent=tool.intent,
+            result=_as_text(value),
+            action_seq=action_seq,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _append_fact(self, thread: _Thread, agent: Agent, event: Event) -> None:
+        """A tool ran: its outcome is a fact about the world and is never dropped. If someone
+        appended meanwhile, it goes on top of what they wrote."""
+        while True:
+            try:
+                await self._append(thread, agent, [event])
+                return
+            except VersionConflict:
+                fresh = _Thread(await self.store.load(thread.id))
+                thread.events, thread.state = fresh.events, fresh.state
+
+    async def _append(
+        self,
+        thread: _Thread,
+        agent: Agent,
+        new: Sequence[Event],
+        *,
+        retry_in: timedelta | None = None,
+    ) -> None:
+        now = utcnow()
+        state = thread.state
+        for i, event in enumerate(new, 1):
+            state = core.apply(state, StoredEvent(thread.state.version + i, event, None, now))
+        run_after = now + retry_in if retry_in else core.wake_at(state, agent, now)
+        messages = self.contacts.messages(
+            thread_id=thread.id,
+            agent=agent.name,
+            channel=thread.channel,
+            channel_key=thread.channel_key,
+            history=thread.events,
+            new=new,
+        )
+        stored = await self.store.append(
+            thread.id,
+            thread.state.version,
+            [(e, None) for e in new],
+            status=state.status,
+            run_after=run_after,
+            messages=messages,
+        )
+        thread.extend(stored)
+        for e in stored:
+            log.info("thread %s: %s", thread.id, e.event.type, extra={"event_type": e.event.type})
+
+
+_MOVE_KINDS: dict[type, str] = {
+    core.CallModel: "call_model",
+    core.RunTool: "run_tool",
+    core.Escalate: "escalate",
+    core.FireTimer: "fire_timer",
+    core.TimeOut: "time_out",
+    core.Idle: "idle",
+}
+
+
+def _model_label(llm: LLM) -> str:
+    return str(getattr(llm, "model", None) or type(llm).__name__)
+
+
+def _as_text(value: ToolResultValue) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts: list[str] = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "action"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""Jinja2 templates: prompts (and, later, email bodies)."""
