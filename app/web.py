@@ -1,0 +1,410 @@
+"""The process: everything built from Settings in one place (no globals).
+
+``runtime`` makes the store, HTTP client, engine, contacts, and (unless turned off) the
+worker, the dispatcher and, on Postgres, the LISTEN connection that wakes them. ``serve``
+mounts it under the web app; ``relaybot worker`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import aiohttp
+import httpx
+from aiohttp import web
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agents import load_agents
+from app.agent import Agent
+from app.contacts import Contacts
+from app.context import ContextRenderer, make_environment
+from app.dispatch import Dispatcher, Sender
+from app.engine import Engine, EngineConfig
+from app.errors import ConfigError
+from app.llm import LLM, LiteLLM
+from app.metrics import CONTENT_TYPE_LATEST, HTTP_SECONDS, exposition
+from app.notify import PgListener, asyncpg_dsn
+from app.plugins import load_object
+from app.service import Threads
+from app.settings import Settings
+from app.store import Store
+from app.store.outbox import Outbox
+from app.store.store import OUTBOX, RUNNABLE
+from app.worker import Worker
+from channels import http_api
+from channels.email import web as email_web
+from channels.email.config import read_email_approvers
+from channels.email.imap import ImapFetcher
+from channels.email.inbound import EmailInbound
+from channels.email.outbound import EmailSender
+from channels.email.tokens import LinkSigner
+from channels.slack.config import SlackAgentConfig, read_agent_configs
+from channels.slack.inbound import SlackInbound
+from channels.slack.inbound import build_app as build_slack_app
+from channels.slack.outbound import SlackSender
+from channels.webhook import WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+class RequestMetrics:
+    """Times every request by its route's template (``/thread/{thread_id}``, not the id)."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = ()) -> None:
+        self.app = app
+        self.routes = routes  # the app's, to name plain Starlette routes (see below)
+
+    def _template_of(self, scope: Scope) -> str:
+        """FastAPI's router names only its own routes in the scope; a plain Starlette route
+        (the Slack webhook's) is found by the endpoint it put there."""
+        endpoint = scope.get("endpoint")
+        for route in self.routes:
+            if endpoint is not None and getattr(route, "endpoint", None) is endpoint:
+                return str(getattr(route, "path", "unmatched"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            template = getattr(scope.get("route"), "path", None) or self._template_of(scope)
+            HTTP_SECONDS.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+@dataclass
+class Runtime:
+    """Everything the process holds while it runs."""
+
+    settings: Settings
+    store: Store
+    outbox: Outbox
+    http: httpx.AsyncClient
+    engine: Engine
+    threads: Threads
+    worker: Worker | None = None
+    dispatcher: Dispatcher | None = None
+    slack: AsyncApp | None = None
+    slack_client: AsyncWebClient | None = None
+    slack_inbound: SlackInbound | None = None
+    email: EmailInbound | None = None
+    email_links: LinkSigner | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build_agents(settings: Settings) -> dict[str, Agent]:
+    agents = load_agents(settings.extra_agents)
+    if settings.default_agent not in agents:
+        known = ", ".join(agents)
+        raise ConfigError("DEFAULT_AGENT", f"no agent {settings.default_agent!r} ({known})")
+    return agents
+
+
+def build_llm(settings: Settings) -> LLM:
+    if settings.llm_factory:
+        llm: LLM = load_object("LLM_FACTORY", settings.llm_factory)(settings)
+        return llm
+    return LiteLLM(settings.llm_model, api_base=settings.llm_api_base, timeout=settings.llm_timeout)
+
+
+@dataclass
+class Outbound:
+    """The outbound channels configured, and how contacts are routed to them."""
+
+    routes: dict[str, str] = field(default_factory=dict)  # thread channel -> sender
+    approval_routes: dict[str, list[str]] = field(default_factory=dict)  # agent -> senders
+    senders: dict[str, Sender] = field(default_factory=dict)
+    slack_client: AsyncWebClient | None = None
+    slack_agents: dict[str, SlackAgentConfig] = field(default_factory=dict)
+    email: EmailSender | None = None
+    email_approvers: dict[str, list[str]] = field(default_factory=dict)
+    email_links: LinkSigner | None = None
+
+
+def outbound(
+    settings: Settings, agents: Mapping[str, Agent], http: httpx.AsyncClient, outbox: Outbox
+) -> Outbound:
+    out = Outbound()
+    if settings.api_webhook_url is not None:
+        out.routes["api"] = "webhook"
+        out.senders["webhook"] = WebhookSender(
+            str(settings.api_webhook_url), settings.signing_key, http
+        )
+    if settings.slack_enabled:
+        out.slack_client = AsyncWebClient(
+            token=settings.slack_bot_token,
+            base_url=settings.slack_api_url,
+            session=aiohttp.ClientSession(),  # one connection pool, not one per call
+        )
+        out.slack_agents = read_agent_configs(agents.values())
+        out.routes["slack"] = "slack"
+        for name, cfg in out.slack_agents.items():
+            if cfg.approval_channel:
+                out.approval_routes.setdefault(name, []).append("slack")
+        out.senders["slack"] = SlackSender(out.slack_client, outbox, out.slack_agents)
+    if settings.email_enabled:
+        out.email_approvers = read_email_approvers(agents.values())
+        out.email_links = LinkSigner(settings.signing_key, settings.email_link_hours * 3600)
+        out.email = EmailSender(
+            settings, make_environment(), outbox, out.email_approvers, out.email_links
+        )
+        out.routes["email"] = "email"
+        for name in out.email_approvers:
+            out.approval_routes.setdefault(name, []).append("email")
+        out.senders["email"] = out.email
+    return out
+
+
+@contextlib.asynccontextmanager
+async def runtime(
+    settings: Settings,
+    *,
+    llm: LLM | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    with_worker: bool = True,
+    engine_config: EngineConfig | None = None,
+) -> AsyncIterator[Runtime]:
+    agents = agents if agents is not None else build_agents(settings)
+    store = Store.from_url(settings.database_url)
+    outbox = Outbox(store.engine)
+    http = httpx.AsyncClient(timeout=30.0)
+    llm = llm or build_llm(settings)
+    renderer = ContextRenderer(
+        make_environment(), settings.llm_model, settings.context_token_budget
+    )
+    out = outbound(settings, agents, http, outbox)
+    contacts = Contacts(out.routes, settings.base_url, out.approval_routes)
+    engine_config = engine_config or EngineConfig(
+        step_cap=settings.step_cap,
+        tool_timeout=settings.tool_timeout,
+        retry_backoff=settings.llm_retry_backoff,
+    )
+    engine = Engine(store, agents, llm, renderer, http, engine_config, contacts)
+    threads = Threads(
+        store,
+        agents,
+        default_agent=settings.default_agent,
+        base_url=settings.base_url,
+        contacts=contacts,
+    )
+    rt = Runtime(settings, store, outbox, http, engine, threads)
+    rt.slack_client = out.slack_client
+    if out.slack_client is not None:
+        assert settings.slack_signing_secret and settings.slack_bot_token
+        inbound = SlackInbound(
+            threads,
+            out.slack_client,
+            out.slack_agents,
+            settings.channel_agents,
+            signing_secret=settings.slack_signing_secret,
+        )
+        rt.slack_inbound = inbound
+        rt.slack = build_slack_app(inbound, out.slack_client, settings.slack_signing_secret)
+    if out.email is not None:
+        rt.email = EmailInbound(threads, settings, out.email_approvers, out.email)
+        rt.email_links = out.email_links
+    if with_worker:
+        lease = timedelta(seconds=settings.worker_lease)
+        rt.worker = Worker(
+            store,
+            engine,
+            concurrency=settings.worker_concurrency,
+            lease=lease,
+            poll_interval=settings.poll_interval,
+        )
+        rt.dispatcher = Dispatcher(
+            outbox,
+            out.senders,
+            max_attempts=settings.outbox_max_attempts,
+            poll_interval=settings.poll_interval,
+        )
+        wakers = {RUNNABLE: rt.worker.wake, OUTBOX: rt.dispatcher.wake}
+        store.on_commit.append(lambda topic: wakers[topic]())
+        rt.tasks.append(asyncio.create_task(rt.worker.run(), name="worker"))
+        rt.tasks.append(asyncio.create_task(rt.dispatcher.run(), name="dispatcher"))
+        if store.is_postgres:
+            listener = PgListener(asyncpg_dsn(settings.database_url), wakers)
+            rt.tasks.append(asyncio.create_task(listener.run(), name="listen"))
+        if rt.email is not None and settings.imap_enabled:
+            fetcher = ImapFetcher(settings, rt.email.receive, poll_interval=settings.poll_interval)
+            rt.tasks.append(asyncio.create_task(fetcher.run(), name="imap"))
+    try:
+        yield rt
+    finally:
+        await shutdown(rt)
+
+
+async def shutdown(rt: Runtime) -> None:
+    """Finish or release the current steps within the grace period, then close everything."""
+    grace = rt.settings.shutdown_grace
+    stops = [loop.stop(grace) for loop in (rt.worker, rt.dispatcher) if loop is not None]
+    await asyncio.gather(*stops)
+    for task in rt.tasks:
+        task.cancel()
+    for task in rt.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await rt.http.aclose()
+    if rt.slack_client is not None and rt.slack_client.session is not None:
+        await rt.slack_client.session.close()
+    await rt.store.close()
+
+
+async def readiness(rt: Runtime) -> tuple[bool, dict[str, str]]:
+    try:
+        async with asyncio.timeout(3):
+            await rt.store.ping()
+    except Exception as exc:
+        log.warning("readyz: database unreachable: %s", exc)
+        reason = f"database unreachable: {type(exc).__name__}"
+        return False, {"status": "unavailable", "detail": reason}
+    return True, {"status": "ready"}
+
+
+@contextlib.asynccontextmanager
+async def ops_server(rt: Runtime, host: str, port: int) -> AsyncIterator[None]:
+    """/healthz, /readyz and /metrics for a process without the web app (``relaybot worker
+    --port``): the image's HEALTHCHECK works, and Prometheus sees the worker's steps."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, body = await readiness(rt)
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = await exposition(rt.store)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("worker: /healthz, /readyz and /metrics on http://%s:%d", host, port)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def app_from_env() -> FastAPI:
+    """The app of one of ``serve``'s processes when WEB_CONCURRENCY > 1 (uvicorn starts each
+    with this factory): settings from the environment, as the parent read them."""
+    from app.logs import configure
+    from app.settings import load_settings
+
+    settings = load_settings()
+    configure(settings.log_level, settings.log_format)
+    return create_app(settings, with_worker=os.environ.get(SERVE_WORKER, "1") == "1")
+
+
+SERVE_WORKER = "RELAYBOT_SERVE_WORKER"  # serve --no-worker, told to its processes
+
+
+def create_app(
+    settings: Settings,
+    *,
+    llm: LLM | None = None,
+    agents: Mapping[str, Agent] | None = None,
+    with_worker: bool = True,
+    socket_mode: bool = False,
+) -> FastAPI:
+    if socket_mode and not (settings.slack_enabled and settings.slack_app_token):
+        raise ConfigError(
+            "SLACK_APP_TOKEN", "Socket Mode needs it, with SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime(settings, llm=llm, agents=agents, with_worker=with_worker) as rt:
+            app.state.runtime = rt
+            app.state.threads = rt.threads
+            app.state.slack = rt.slack and AsyncSlackRequestHandler(rt.slack)
+            # What start-up made (modules, schemas, templates) lives as long as the process:
+            # keep it out of the collector's sight, so that a full collection does not walk
+            # it and stall every request in flight (hundreds of ms with litellm imported).
+            gc.collect()
+            gc.freeze()
+            app.state.email, app.state.email_links = rt.email, rt.email_links
+            if socket_mode and rt.slack is not None:
+                socket = AsyncSocketModeHandler(rt.slack, settings.slack_app_token)
+                await socket.connect_async()  # type: ignore[no-untyped-call]
+                try:
+                    yield
+                finally:
+                    await socket.close_async()  # type: ignore[no-untyped-call]
+            else:
+                yield
+
+    app = FastAPI(
+        title="relaybot",
+        version="0.1.0",
+        description="Human-in-the-loop agents: launch a thread, read it, answer it.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.slack = app.state.email = app.state.email_links = None
+    app.add_middleware(RequestMetrics, routes=app.router.routes)
+    http_api.install(app)
+    email_web.install(app, make_environment())
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        """Ready when the database answers (the load balancer's check; /healthz: alive)."""
+        ready, body = await readiness(request.app.state.runtime)
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        return Response(await exposition(rt.store), media_type=CONTENT_TYPE_LATEST)
+
+    async def slack_events(request: Request) -> Response:
+        handler: AsyncSlackRequestHandler | None = request.app.state.slack
+        inbound: SlackInbound | None = request.app.state.runtime.slack_inbound
+        if handler is None or inbound is None:
+            return JSONResponse({"detail": "Slack is not configured"}, status_code=404)
+        if request.headers.get("content-type", "").startswith("application/json"):
+            # The Events API: mentions and messages, most of the traffic, on a direct path.
+            status, answer = await inbound.events_api(await request.body(), request.headers)
+            if answer is None:
+                return Response(status_code=status)
+            return JSONResponse(answer, status_code=status)
+        return await handler.handle(request)  # buttons, the modal, the slash command
+
+    # A plain Starlette route: the webhook needs no validation or injection from FastAPI,
+    # and Slack's traffic is where the time per request counts.
+    app.router.routes.append(Route("/slack/events", slack_events, methods=["POST"]))
+    return app
