@@ -1,0 +1,62 @@
+"""Outbound webhook: contacts of API threads are POSTed as JSON to ``API_WEBHOOK_URL``.
+
+Each delivery carries ``X-Relaybot-Delivery`` (the outbox row id: receivers deduplicate by
+it, since delivery is at least once) and ``X-Relaybot-Signature: sha256=<hex>``, an HMAC of
+the body with ``SECRET_KEY``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import httpx
+
+from app.errors import SendFailed
+from app.store.outbox import OutboxRow
+
+RETRYABLE_4XX = {408, 409, 425, 429}
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+class WebhookSender:
+    def __init__(self, url: str, secret: str, http: httpx.AsyncClient) -> None:
+        self.url = url
+        self.secret = secret
+        self.http = http
+
+    async def send(self, row: OutboxRow) -> str | None:
+        body = json.dumps(
+            {**row.payload, "seq": row.seq, "delivery_id": row.id}, separators=(",", ":")
+        ).encode()
+        headers = {
+            "content-type": "application/json",
+            "x-relaybot-delivery": str(row.id),
+            "x-relaybot-signature": sign(self.secret, body),
+        }
+        try:
+            response = await self.http.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SendFailed(f"webhook unreachable: {type(exc).__name__}") from exc
+        if response.is_success:
+            return response.headers.get("x-request-id") or str(response.status_code)
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        permanent = 400 <= response.status_code < 500 and response.status_code not in RETRYABLE_4XX
+        raise SendFailed(
+            f"webhook answered {response.status_code}: {response.text[:200]}",
+            retry_after=retry_after,
+            permanent=permanent,
+        )
