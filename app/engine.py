@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,8 @@ from app.metrics import LLM_COST, LLM_SECONDS, LLM_TOKENS, STEP_SECONDS, STEPS
 from app.store import Store, ThreadRecord, utcnow
 
 log = logging.getLogger(__name__)
+
+Pace = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,17 @@ class Engine:
         self.config = config or EngineConfig()
         self.contacts = contacts or Contacts({}, "")
 
-    async def run(self, thread_id: str) -> RunResult:
-        """Step the thread until it is idle, or waits out a backoff."""
+    async def run(self, thread_id: str, pace: Pace | None = None) -> RunResult:
+        """Step the thread until it is idle, or waits out a backoff. ``pace``, if given, is
+        awaited before the thread is loaded and before each step: the worker holds threads
+        there while one a person just answered goes first."""
+        if pace is not None:
+            await pace()
         thread = _Thread(await self.store.load(thread_id))
         with log_context(thread_id=thread_id, agent=thread.agent_name):
-            return await self._run(thread)
+            return await self._run(thread, pace)
 
-    async def _run(self, thread: _Thread) -> RunResult:
+    async def _run(self, thread: _Thread, pace: Pace | None) -> RunResult:
         while True:
             agent = self.agents[thread.agent_name]
             step_cap = agent.step_cap or self.config.step_cap
@@ -122,6 +128,8 @@ class Engine:
                 STEP_SECONDS.labels(agent.name, kind).observe(time.perf_counter() - started)
             if retry_in is not None:
                 return RunResult(thread.state.version, utcnow() + retry_in)
+            if pace is not None:
+                await pace()
 
     async def _do(self, thread: _Thread, agent: Agent, move: core.Move) -> timedelta | None:
         match move:

@@ -44,7 +44,7 @@ from app.service import Threads
 from app.settings import Settings
 from app.store import Store
 from app.store.outbox import Outbox
-from app.store.store import OUTBOX, RUNNABLE
+from app.store.store import ANSWERED, OUTBOX, RUNNABLE
 from app.worker import Worker
 from channels import http_api
 from channels.email import web as email_web
@@ -246,7 +246,11 @@ async def runtime(
             max_attempts=settings.outbox_max_attempts,
             poll_interval=settings.poll_interval,
         )
-        wakers = {RUNNABLE: rt.worker.wake, OUTBOX: rt.dispatcher.wake}
+        wakers = {
+            RUNNABLE: rt.worker.wake,
+            ANSWERED: rt.worker.answered,
+            OUTBOX: rt.dispatcher.wake,
+        }
         store.on_commit.append(lambda topic: wakers[topic]())
         rt.tasks.append(asyncio.create_task(rt.worker.run(), name="worker"))
         rt.tasks.append(asyncio.create_task(rt.dispatcher.run(), name="dispatcher"))

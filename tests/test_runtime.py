@@ -301,3 +301,45 @@ async def test_a_deploy_with_no_answer_is_not_reported_as_failed(
         "`deploy_backend` may or may not have run: no answer from the deploy webhook" in last.reason
     )  # type: ignore[union-attr]
     assert len(hook.calls) == 1
+
+
+async def test_the_others_wait_while_an_answered_thread_takes_its_step(
+    database_url: str, llm_server: FakeLLMServer, git_repo: Path
+) -> None:
+    """A person answered: the thread being stepped pauses at its next step until the answered
+    one is idle (here: through a 0.3 s deploy), instead of sharing the process with it."""
+    hook = await HttpSink().start()
+    hook.delay = 0.3
+    agents = deploybot_agents(git_repo, hook)
+    order: list[str] = []
+
+    def answers(body: dict[str, Any]) -> Any:
+        prompt = prompt_text(body)
+        if "busy work" in prompt:
+            order.append("busy")
+            if prompt.count("<list_git_tags_result>") >= 15:
+                return act("done_for_now", message="listed")
+            return Delay(0.02, act("list_git_tags"))
+        order.append("answered" if "<deploy_backend_result>" in prompt else "asking")
+        return deploy_flow(body)
+
+    llm_server.responder = answers
+    settings = make_settings(database_url, llm_server, worker_concurrency=1, poll_interval=0.2)
+    try:
+        async with runtime(settings, agents=agents) as rt:
+            rt.worker.urgent_hold = 10.0  # the deploy and the model call, however slow
+            asking = (await rt.threads.launch("deploy"))["thread_id"]
+            await eventually(lambda: _all(rt, [asking], "awaiting_approval"))
+            busy = (await rt.threads.launch("busy work"))["thread_id"]
+            await eventually(lambda: _requests_containing(llm_server, "busy work"))
+            await rt.threads.respond_approval(asking, approved=True, author="ann")
+            answered_at = len(order)
+            await eventually(lambda: _all(rt, [asking], "done"), within=5)
+            await eventually(lambda: _all(rt, [busy], "done"), within=10)
+    finally:
+        await hook.stop()
+    during = order[answered_at : order.index("answered")]
+    # Without the pause the busy thread takes ~10 steps during the deploy; with it, at most
+    # the one already under way when the answer came.
+    assert during.count("busy") <= 1, order
+    assert order.count("busy") == 16

@@ -36,6 +36,7 @@ RETRY_LATER = timedelta(seconds=30)
 # (first come, first served among people; ahead of every thread that is merely runnable).
 HUMAN_PRIORITY = timedelta(days=1)
 RUNNABLE = "relaybot_runnable"
+ANSWERED = "relaybot_answered"  # runnable, and a person is waiting: it goes first
 OUTBOX = "relaybot_outbox"
 
 
@@ -120,7 +121,7 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
-        self.on_commit: list[Callable[[str], None]] = []  # called with RUNNABLE or OUTBOX
+        self.on_commit: list[Callable[[str], None]] = []  # with RUNNABLE, ANSWERED or OUTBOX
 
     async def _notify(self, conn: AsyncConnection, topic: str) -> None:
         if self.is_postgres:
@@ -266,9 +267,9 @@ class Store:
         writes). ``notify``: wake workers now (the writer will not step the thread itself).
         """
         now = utcnow()
-        topics = ([RUNNABLE] if notify and run_after is not None else []) + (
-            [OUTBOX] if messages else []
-        )
+        topics = [OUTBOX] if messages else []
+        if notify and run_after is not None:
+            topics.append(ANSWERED if run_after <= now - HUMAN_PRIORITY / 2 else RUNNABLE)
         new_version = expected_version + len(new_events)
         if self.is_postgres:
             stored = [
