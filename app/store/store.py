@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import case, event, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -244,10 +245,16 @@ class Store:
         return await self._one_statement(sql, args) is not None
 
     async def _one_statement(self, sql: str, args: list[Any]) -> Any:
-        """Run one statement on its own (autocommit: atomic by itself); its first row."""
+        """Run one statement on its own; its first row. Sent on the pooled connection's
+        asyncpg connection itself, outside any transaction (so atomic by itself), without
+        SQLAlchemy's execution layer: that layer cost more CPU than asyncpg and the round
+        trip together. A constraint violation is raised as SQLAlchemy's IntegrityError."""
         async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return (await conn.exec_driver_sql(sql, tuple(args))).first()
+            raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+            try:
+                return await raw.fetchrow(sql, *args)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise IntegrityError(sql, args, exc) from exc
 
     async def append(
         self,
