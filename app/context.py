@@ -68,9 +68,14 @@ class ContextRenderer:
         self._thread = env.get_template("prompts/thread.j2")
         self._block = env.get_template("prompts/_events.j2").module.block  # type: ignore[attr-defined]
         self._system: dict[str, str] = {}
-        # An event's block never changes: rendered once per (event, cap), reused every step.
-        # Keyed by the object's id, holding the object, so a reused id cannot match.
-        self._blocks: OrderedDict[tuple[int, int | None], tuple[StoredEvent, str]] = OrderedDict()
+        # An event's block never changes: rendered and counted once per (event, cap), reused
+        # every step. Keyed by the object's id, holding the object, so a reused id cannot
+        # match. A context's tokens are the sum of its parts' (a few tokens from counting
+        # the whole text at once, where a token would span two parts).
+        self._blocks: OrderedDict[tuple[int, int | None], tuple[StoredEvent, str, int]] = (
+            OrderedDict()
+        )
+        self._frames: dict[str, int] = {}  # tokens of all but the blocks, per system prompt
 
     def system_prompt(self, agent: Agent) -> str:
         if agent.name not in self._system:  # an agent's prompt does not change while we run
@@ -101,21 +106,41 @@ class ContextRenderer:
         self, system: str, events: Sequence[StoredEvent], cap: int | None, omitted: int
     ) -> RenderedContext:
         blocks = [self._rendered_block(e, cap) for e in events]
-        thread = self._thread.render(blocks=blocks, omitted=omitted)
+        thread = self._thread.render(blocks=[text for text, _ in blocks], omitted=omitted)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": thread}]
-        return RenderedContext(messages, self.count(messages), cap, omitted)
+        tokens = self._frame_tokens(system, omitted) + sum(n for _, n in blocks)
+        return RenderedContext(messages, tokens, cap, omitted)
 
-    def _rendered_block(self, stored: StoredEvent, cap: int | None) -> str:
+    def _rendered_block(self, stored: StoredEvent, cap: int | None) -> tuple[str, int]:
+        """An event's block and its tokens (with the newline after it)."""
         key = (id(stored), cap)
         hit = self._blocks.get(key)
         if hit is not None and hit[0] is stored:
             self._blocks.move_to_end(key)
-            return hit[1]
+            return hit[1], hit[2]
         text = str(self._block(stored, cap))
-        self._blocks[key] = (stored, text)
+        tokens = self.count_text(text + "\n") if text else 0
+        self._blocks[key] = (stored, text, tokens)
         if len(self._blocks) > BLOCK_CACHE:
             self._blocks.popitem(last=False)
-        return text
+        return text, tokens
+
+    def _frame_tokens(self, system: str, omitted: int) -> int:
+        """Tokens of everything but the blocks: each message's overhead, the system prompt,
+        the thread's frame and, if any events are left out, the line that says so."""
+        tokens = self._frames.get(system)
+        if tokens is None:
+            empty = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
+            frame = self._thread.render(blocks=[], omitted=0)
+            tokens = self.count(empty) + self.count_text(system) + self.count_text(frame)
+            self._frames[system] = tokens
+        if omitted:
+            marked = self._thread.render(blocks=[""], omitted=omitted)
+            tokens += self.count_text(marked) - self.count_text(self._thread.render(blocks=[]))
+        return tokens
 
     def count(self, messages: Messages) -> int:
         return int(litellm.token_counter(model=self.model, messages=messages))
+
+    def count_text(self, text: str) -> int:
+        return int(litellm.token_counter(model=self.model, text=text))

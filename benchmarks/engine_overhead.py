@@ -62,6 +62,13 @@ class TimedRenderer(ContextRenderer):
         finally:
             self.count_s += time.perf_counter() - started
 
+    def count_text(self, text: str) -> int:
+        started = time.perf_counter()
+        try:
+            return super().count_text(text)
+        finally:
+            self.count_s += time.perf_counter() - started
+
 
 class TimedStore(Store):
     append_s = 0.0

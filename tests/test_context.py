@@ -86,3 +86,22 @@ def test_when_results_cannot_shrink_enough_old_events_are_left_out() -> None:
     assert thread.startswith('<thread>\n<user_message via="api">\nkeep asking\n</user_message>\n')
     assert f'<omitted_events count="{ctx.omitted}">' in thread
     assert '["v299"]' in thread and '["v0"]' not in thread  # the newest stay
+
+
+def test_tokens_are_counted_by_parts_within_a_hair_of_the_whole() -> None:
+    """Each block is counted once and the counts summed: the budget holds what litellm's
+    count of the whole request says, give or take where a token spans two blocks."""
+    events: list[Event] = [UserMessage(text="ship the backend, then tell me", author="al")]
+    for i in range(100):
+        events += [
+            ActionChosen(action={"intent": "list_git_tags"}),
+            ToolResult(
+                intent="list_git_tags", result=f'["v{i}.1", "v{i}.0"] ({i} tags)', action_seq=2
+            ),
+        ]
+    for budget, n in ((8000, 3), (8000, 21), (8000, 201), (1500, 201)):
+        r = renderer(budget)
+        ctx = r.render(AGENT, stored(*events[:n]))
+        whole = r.count(ctx.messages)
+        assert abs(ctx.tokens - whole) <= max(2, whole // 200), (n, ctx.tokens, whole)
+    assert ctx.omitted > 0  # the last one left events out, and counted the line saying so
