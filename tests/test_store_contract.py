@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from app.errors import ThreadNotFound, VersionConflict
 from app.events import DoneForNow, ErrorEvent, HumanResponse, UserMessage
 from app.store import DuplicateDelivery, OutboxMessage, Receipt, Store, utcnow
+from tests.conftest import PG_ADMIN
 
 
 async def new_thread(store: Store, text: str = "hi", **kw: object) -> str:
@@ -229,3 +231,28 @@ async def test_next_run_after_skips_threads_being_stepped(store: Store) -> None:
     assert await store.claim("busy", lease=timedelta(minutes=5), limit=1) == [tid]
     soonest = await store.next_run_after()
     assert soonest is not None and soonest > utcnow() + timedelta(minutes=4)
+
+
+async def test_a_connection_postgres_dropped_is_not_handed_out_again(pg_url: str) -> None:
+    """Postgres restarted under the pool: the write on the dead connection fails, and the
+    next one gets a fresh connection (the one-statement writes bypass SQLAlchemy's execution
+    layer, which is what notices a dead connection otherwise)."""
+    store = Store.from_url(pg_url)
+    try:
+        tid = await new_thread(store)
+        database = pg_url.rsplit("/", 1)[1]
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+        finally:
+            await conn.close()
+        with pytest.raises(Exception):  # noqa: B017 - whatever the driver says of a lost link
+            await new_thread(store)
+        for _ in range(3):  # every later write finds a live connection
+            await new_thread(store)
+        assert (await store.load(tid)).version == 1
+    finally:
+        await store.close()

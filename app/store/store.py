@@ -248,13 +248,18 @@ class Store:
         """Run one statement on its own; its first row. Sent on the pooled connection's
         asyncpg connection itself, outside any transaction (so atomic by itself), without
         SQLAlchemy's execution layer: that layer cost more CPU than asyncpg and the round
-        trip together. A constraint violation is raised as SQLAlchemy's IntegrityError."""
+        trip together. A constraint violation is raised as SQLAlchemy's IntegrityError, and
+        a connection found dead is invalidated, as that layer would have done."""
         async with self.engine.connect() as conn:
             raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
             try:
                 return await raw.fetchrow(sql, *args)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(sql, args, exc) from exc
+            except BaseException:
+                if raw.is_closed():  # lost: keep the pool from handing it out again
+                    await conn.invalidate()
+                raise
 
     async def append(
         self,
