@@ -43,22 +43,23 @@ def _pg_url(database: str) -> str:
     return f"{base}/{database}".replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
+async def pg_admin(sql: str, *args: object) -> None:
+    """One statement as the admin user, on a connection of its own."""
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     name = f"relaybot_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     url = _pg_url(name)
     upgrade(url)
     yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from app.store.migrate import alembic_config
-from tests.conftest import PG_ADMIN, TABLES, _pg_url
+from tests.conftest import TABLES, _pg_url, pg_admin
 from tests.fakes.llm_server import FakeLLMServer, act
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,21 +64,13 @@ def test_the_dockerfile_is_what_the_tests_run() -> None:
 # -- Postgres databases of our own ---------------------------------------------------------
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def fresh_pg() -> AsyncIterator[str]:
     """An empty Postgres database: no schema, nothing migrated."""
     name = f"relaybot_deploy_{uuid.uuid4().hex[:10]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await pg_admin(f'CREATE DATABASE "{name}"')
     yield _pg_url(name)
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def schema_of(url: str) -> tuple[set[str], list[str]]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import asyncpg
 import pytest
 
 from app.errors import ThreadNotFound, VersionConflict
 from app.events import DoneForNow, ErrorEvent, HumanResponse, UserMessage
 from app.store import DuplicateDelivery, OutboxMessage, Receipt, Store, utcnow
-from tests.conftest import PG_ADMIN
+from tests.conftest import pg_admin
 
 
 async def new_thread(store: Store, text: str = "hi", **kw: object) -> str:
@@ -241,14 +240,9 @@ async def test_a_connection_postgres_dropped_is_not_handed_out_again(pg_url: str
     try:
         tid = await new_thread(store)
         database = pg_url.rsplit("/", 1)[1]
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                database,
-            )
-        finally:
-            await conn.close()
+        await pg_admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database
+        )
         with pytest.raises(Exception):  # noqa: B017 - whatever the driver says of a lost link
             await new_thread(store)
         for _ in range(3):  # every later write finds a live connection
