@@ -8,6 +8,7 @@ thread says how many.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -131,13 +132,16 @@ class ContextRenderer:
         tokens = self._frames.get(system)
         if tokens is None:
             empty = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
-            frame = self._thread.render(blocks=[], omitted=0)
-            tokens = self.count(empty) + self.count_text(system) + self.count_text(frame)
+            tokens = self.count(empty) + self.count_text(system) + self._bare_frame_tokens
             self._frames[system] = tokens
         if omitted:
             marked = self._thread.render(blocks=[""], omitted=omitted)
-            tokens += self.count_text(marked) - self.count_text(self._thread.render(blocks=[]))
+            tokens += self.count_text(marked) - self._bare_frame_tokens
         return tokens
+
+    @functools.cached_property
+    def _bare_frame_tokens(self) -> int:
+        return self.count_text(self._thread.render(blocks=[], omitted=0))
 
     def count(self, messages: Messages) -> int:
         return int(litellm.token_counter(model=self.model, messages=messages))
