@@ -30,6 +30,8 @@ async def test_tools_with_forced_choice_is_the_first_mode(
     assert reply.action == {"intent": "deploy_backend", "tag": "v1"}
     assert reply.mode == "tools_required"
     assert (reply.prompt_tokens, reply.completion_tokens) == (100, 10)
+    # litellm's own HTTP client (app/__init__.py), not the openai SDK's
+    assert [ua.split("/")[0] for ua in llm_server.user_agents] == ["litellm"]
     sent = llm_server.requests[0]
     assert sent["tool_choice"] == "required"
     assert [t["function"]["name"] for t in sent["tools"]] == [

@@ -80,6 +80,7 @@ class FakeLLMServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.modes: list[str] = []
+        self.user_agents: list[str] = []
         self.refuse: set[str] = set()
         self.responder: Callable[[dict[str, Any]], Answer] | None = None
         self._script: deque[Answer] = deque()
@@ -114,6 +115,7 @@ class FakeLLMServer:
 
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         mode = request_mode(body)
         if mode in self.refuse:
             self.modes.append(f"refused:{mode}")
