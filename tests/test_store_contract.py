@@ -250,3 +250,39 @@ async def test_a_connection_postgres_dropped_is_not_handed_out_again(pg_url: str
         assert (await store.load(tid)).version == 1
     finally:
         await store.close()
+
+
+async def test_the_migrated_schema_is_the_one_the_code_declares(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.store.tables import metadata
+
+    async with store.engine.connect() as conn:
+        diff = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+        )
+    assert diff == []
+
+
+async def test_an_event_is_stored_as_the_compact_json_it_was_written(
+    store: Store, database_url: str
+) -> None:
+    tid = await new_thread(store, "deploy v1, please")
+    await store.append(
+        tid, 1, [(DoneForNow(message="done: v1"), None)], status="done", run_after=None
+    )
+    async with store.engine.connect() as conn:
+        texts = (
+            (
+                await conn.exec_driver_sql(
+                    "SELECT CAST(data AS TEXT) FROM events WHERE thread_id = ? ORDER BY seq"
+                    if database_url.startswith("sqlite")
+                    else "SELECT data::text FROM events WHERE thread_id = $1 ORDER BY seq",
+                    (tid,),
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert texts == ['{"text":"deploy v1, please","channel":"api"}', '{"message":"done: v1"}']

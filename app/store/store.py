@@ -94,6 +94,7 @@ class OutboxMessage:
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    kwargs.setdefault("json_serializer", _json)  # compact: events.data is stored as written
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -589,7 +590,7 @@ def _inserts_from(
         rows = ", ".join(row("int", "text", "text", "text", "timestamptz") for _ in range(n_events))
         parts.append(
             "new_events AS (INSERT INTO events (thread_id, seq, type, data, actor, created_at) "
-            f"SELECT {source}.id, v.seq, v.type, v.data::jsonb, v.actor, v.created_at "
+            f"SELECT {source}.id, v.seq, v.type, v.data::json, v.actor, v.created_at "
             f"FROM {source}, (VALUES {rows}) AS v(seq, type, data, actor, created_at) "
             "RETURNING seq)"
         )

@@ -46,6 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType: Any = JSON().with_variant(JSONB(), "postgresql")
+# events.data: written once, read whole, never queried inside (migration 0003)
+EventJSON: Any = JSON()
 BigId: Any = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData(
@@ -84,7 +86,7 @@ events = Table(
     Column("thread_id", String(36), ForeignKey("threads.id", ondelete="CASCADE"), nullable=False),
     Column("seq", Integer, nullable=False),
     Column("type", String(32), nullable=False),
-    Column("data", JSONType, nullable=False),
+    Column("data", EventJSON, nullable=False),
     Column("actor", String(255), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     # The primary key is the optimistic-concurrency guard: one event per (thread, seq).
