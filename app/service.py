@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,12 +83,10 @@ class Threads:
             raise UnknownAgent(name, list(self.agents))
         if check_first and idempotency and (seen := await self._seen(idempotency)) is not None:
             return seen
-        first: list[tuple[Event, str | None]] = [
-            (
-                UserMessage(text=message, channel=channel, author=author, ref=ref, subject=subject),
-                author,
-            )
-        ]
+        opening = UserMessage(
+            text=message, channel=channel, author=author, ref=ref, subject=subject
+        )
+        thread_id = str(uuid.uuid4())
 
         def answer(thread_id: str, stored: list[StoredEvent]) -> dict[str, Any]:
             return {
@@ -102,9 +101,18 @@ class Threads:
                 agent=name,
                 channel=channel,
                 channel_key=channel_key,
-                new_events=first,
+                new_events=[(opening, author)],
                 status="running",
                 receipt=self._receipt(idempotency, answer),
+                thread_id=thread_id,
+                messages=self.contacts.messages(
+                    thread_id=thread_id,
+                    agent=name,
+                    channel=channel,
+                    channel_key=channel_key,
+                    history=[],
+                    new=[opening],
+                ),
             )
         except DuplicateDelivery as dup:
             return self._replay(dup, idempotency)

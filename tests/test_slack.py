@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -15,6 +15,7 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from app.agent import Agent
+from app.store.outbox import Outbox
 from tests.conftest import Service, deploybot_agents, eventually, make_settings, serve
 from tests.fakes.http_sink import HttpSink
 from tests.fakes.llm_server import FakeLLMServer, act, prompt_text
@@ -165,11 +166,8 @@ async def test_mention_approve_deploy_and_update(
     assert "`deploy_backend`" in section_text and "`v1.2.0`" in section_text
     context = next(b for b in request["blocks"] if b["type"] == "context")["elements"][0]["text"]
     assert f"<@{ALICE}> asked: deploy the latest backend" in context
-    assert slack.called("reactions.add")[0] == {
-        "channel": "C1",
-        "timestamp": "1700.0001",
-        "name": "eyes",
-    }
+    # The :eyes: reaction goes out through the outbox, like every other call to Slack.
+    await until(lambda: ("C1", "1700.0001", "eyes") in slack.reactions)
     assert "<@UBOT>" not in llm_server.prompts()[0]  # the mention is stripped from the text
 
     response = await click(svc, BOB, "relaybot_approve", request)
@@ -329,6 +327,30 @@ async def test_a_reply_in_the_thread_continues_it_without_a_mention(
     assert len(await runtime.store.list_threads()) == 1
     kinds = [e.event.type for e in (await runtime.store.load(summary.id)).events]
     assert kinds.count("user_message") == 2
+    # The reply is marked as seen; what is not ours is not.
+    await until(lambda: ("C1", "1700.0005", "eyes") in slack.reactions)
+    assert {ts for _, ts, _ in slack.reactions} == {"1700.0001", "1700.0005"}
+
+
+async def test_a_reaction_already_there_counts_as_sent(svc: Service, slack: FakeSlackAPI) -> None:
+    # As when the reaction went out but its answer was lost: the outbox sends it again.
+    slack.reactions.add(("C1", "1700.0001", "eyes"))
+    await mention_and_wait_for_buttons(svc, slack)
+    runtime = svc.app_state.runtime  # type: ignore[attr-defined]
+    [summary] = await runtime.store.list_threads()
+    outbox = Outbox(runtime.store.engine)
+
+    async def reaction_row() -> list[tuple[str, str | None]]:
+        rows = await outbox.list(thread_id=summary.id)
+        return [(r.status, r.provider_ref) for r in rows if r.payload["type"] == "user_message"]
+
+    await eventually(lambda: _settled(reaction_row))
+    assert await reaction_row() == [("sent", "C1/1700.0001")]
+    assert len(slack.called("reactions.add")) == 1
+
+
+async def _settled(rows: Callable[[], Awaitable[list[tuple[str, str | None]]]]) -> bool:
+    return all(status != "pending" for status, _ in await rows())
 
 
 async def test_a_direct_message_starts_a_thread(svc: Service, slack: FakeSlackAPI) -> None:
@@ -348,10 +370,16 @@ async def test_a_direct_message_starts_a_thread(svc: Service, slack: FakeSlackAP
 
 async def test_a_429_is_retried_after_retry_after(svc: Service, slack: FakeSlackAPI) -> None:
     slack.ratelimit["chat.postMessage"] = 1
+    slack.ratelimit["reactions.add"] = 1
     await mention_and_wait_for_buttons(svc, slack)
     limited = [m for m, _ in slack.calls if m == "chat.postMessage:429"]
     assert len(limited) == 1
     assert len(slack.called("chat.postMessage")) == 1  # sent once, after the wait
+    await until(lambda: len(slack.called("reactions.add")) == 1)
+    assert [m for m, _ in slack.calls if m.startswith("reactions.add")] == [
+        "reactions.add:429",
+        "reactions.add",
+    ]
 
 
 async def test_slash_command_starts_a_thread_under_a_message_of_its_own(

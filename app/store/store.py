@@ -158,8 +158,10 @@ class Store:
         channel_key: str | None = None,
         receipt: Receipt | None = None,
         thread_id: str | None = None,
+        messages: Sequence[OutboxMessage] = (),
     ) -> ThreadRecord:
-        """Create a thread with its first events, runnable at once, in one transaction.
+        """Create a thread with its first events, runnable at once, and its outbox
+        ``messages`` (numbered after the last event) in one transaction.
 
         Raises DuplicateDelivery when ``receipt`` was seen before.
         """
@@ -179,13 +181,16 @@ class Store:
         stored = [StoredEvent(i, ev, actor, now) for i, (ev, actor) in enumerate(new_events, 1)]
         try:
             if self.is_postgres:
-                await self._create_in_one_statement(values, stored, receipt)
+                await self._create_in_one_statement(values, stored, receipt, messages)
             else:
                 async with self.engine.begin() as conn:
                     await conn.execute(insert(threads).values(values))
                     await self._insert_events(conn, thread_id, 0, new_events, now)
                     if receipt is not None:
                         await self._insert_receipt(conn, receipt, thread_id, stored, now)
+                    await self._insert_outbox(conn, thread_id, stored[-1].seq, messages, now)
+                    if messages:
+                        await self._notify(conn, OUTBOX)
         except IntegrityError:
             await self._raise_if_duplicate(receipt)
             if channel_key is not None:
@@ -193,7 +198,7 @@ class Store:
                 if taken is not None:
                     raise ChannelKeyTaken(taken) from None
             raise
-        self._committed(RUNNABLE)
+        self._committed(RUNNABLE, *([OUTBOX] if messages else []))
         return ThreadRecord(
             id=thread_id,
             agent=agent,
@@ -211,8 +216,10 @@ class Store:
         values: dict[str, Any],
         stored: list[StoredEvent],
         receipt: Receipt | None,
+        messages: Sequence[OutboxMessage],
     ) -> None:
-        """Postgres: thread, events, receipt and wake-up in one statement, one round trip.
+        """Postgres: thread, events, receipt, outbox and wake-ups in one statement, one round
+        trip.
 
         A single statement is atomic by itself (no BEGIN/COMMIT needed); the rows of its
         data-modifying CTEs land together, the foreign keys and unique constraints are checked
@@ -220,8 +227,10 @@ class Store:
         (every mention starts a thread), so the SQL is written out once per shape and sent
         as is: compiling the statement cost more than running it."""
         args = [values[c] for c in _THREAD_COLUMNS]
-        args += _insert_args(values["id"], stored, receipt, ())
-        await self._one_statement(_create_sql(len(stored), receipt is not None), args)
+        args += _insert_args(values["id"], stored, receipt, messages)
+        await self._one_statement(
+            _create_sql(len(stored), receipt is not None, len(messages)), args
+        )
 
     async def _append_in_one_statement(
         self,
@@ -331,22 +340,7 @@ class Store:
                 )
                 if receipt is not None:
                     await self._insert_receipt(conn, receipt, thread_id, stored, now)
-                if messages:
-                    last_seq = stored[-1].seq
-                    await conn.execute(
-                        insert(outbox),
-                        [
-                            {
-                                "thread_id": thread_id,
-                                "seq": last_seq,
-                                "channel": m.channel,
-                                "payload": m.payload,
-                                "next_attempt_at": now,
-                                "created_at": now,
-                            }
-                            for m in messages
-                        ],
-                    )
+                await self._insert_outbox(conn, thread_id, stored[-1].seq, messages, now)
                 for topic in topics:
                     await self._notify(conn, topic)
         except IntegrityError as exc:
@@ -531,6 +525,30 @@ class Store:
             )
         )
 
+    @staticmethod
+    async def _insert_outbox(
+        conn: AsyncConnection,
+        thread_id: str,
+        seq: int,
+        messages: Sequence[OutboxMessage],
+        now: datetime,
+    ) -> None:
+        if messages:
+            await conn.execute(
+                insert(outbox),
+                [
+                    {
+                        "thread_id": thread_id,
+                        "seq": seq,
+                        "channel": m.channel,
+                        "payload": m.payload,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                    }
+                    for m in messages
+                ],
+            )
+
     async def _raise_if_duplicate(self, receipt: Receipt | None) -> None:
         if receipt is not None:
             seen = await self.get_receipt(receipt.channel, receipt.external_id)
@@ -545,17 +563,19 @@ _THREAD_COLUMNS = (
 
 
 @functools.cache
-def _create_sql(n_events: int, with_receipt: bool) -> str:
+def _create_sql(n_events: int, with_receipt: bool, n_messages: int) -> str:
     """The one statement that creates a thread on Postgres (see _create_in_one_statement).
     Parameters: $1-$9 the thread's columns, then those of _insert_args."""
     thread = (
         f"new_thread AS (INSERT INTO threads ({', '.join(_THREAD_COLUMNS)}) "
         f"VALUES ({', '.join(f'${i}' for i in range(1, 10))}) RETURNING id)"
     )
-    inserts = _inserts_from("new_thread", itertools.count(10), n_events, with_receipt, 0, "$8")
-    return (
-        f"WITH {', '.join([thread, *inserts])} SELECT pg_notify('{RUNNABLE}', '') FROM new_thread"
+    inserts = _inserts_from(
+        "new_thread", itertools.count(10), n_events, with_receipt, n_messages, "$8"
     )
+    topics = [RUNNABLE, *([OUTBOX] if n_messages else [])]
+    wake = ", ".join(f"pg_notify('{topic}', '')" for topic in topics)
+    return f"WITH {', '.join([thread, *inserts])} SELECT {wake} FROM new_thread"
 
 
 @functools.cache

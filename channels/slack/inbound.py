@@ -12,7 +12,6 @@ handles interactivity and the slash command (form bodies), and everything in Soc
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -52,7 +51,6 @@ class SlackInbound:
         self.channel_agents = channel_agents
         self.verifier = SignatureVerifier(signing_secret)
         self._bot_user_id: str | None = None
-        self._background: set[asyncio.Task[Any]] = set()
 
     # -- the Events API over HTTP -----------------------------------------------------------
 
@@ -136,15 +134,18 @@ class SlackInbound:
                 author=author,
                 channel_key=key,
                 idempotency=idem,
+                ref=event["ts"],  # the outbox adds the :eyes: reaction to it (app/contacts.py)
                 check_first=False,
             )
         except ChannelKeyTaken as taken:  # the conversation has its thread: continue it
             await self.threads.post_message(
-                taken.thread_id, text, author=author, channel="slack", idempotency=idem
+                taken.thread_id,
+                text,
+                author=author,
+                channel="slack",
+                idempotency=idem,
+                ref=event["ts"],
             )
-        self._soon(
-            self.client.reactions_add(channel=event["channel"], timestamp=event["ts"], name="eyes")
-        )
 
     @staticmethod
     def _key(body: dict[str, Any], event: dict[str, Any]) -> str:
@@ -256,17 +257,6 @@ class SlackInbound:
             idempotency=idem,
         )
         return "On it: I'll answer in the thread."
-
-    def _soon(self, coro: Any) -> None:
-        """Best effort, after the append: the 'working' reaction must not hold the ack."""
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.info("slack reaction failed: %s", task.exception())
 
 
 def build_app(inbound: SlackInbound, client: AsyncWebClient, signing_secret: str) -> AsyncApp:

@@ -1,5 +1,6 @@
-"""Sends the outbox's Slack rows: replies in the thread, approval requests with buttons, and
-the update that replaces the buttons with the decision, whoever made it (Slack, API, timer).
+"""Sends the outbox's Slack rows: the :eyes: reaction on a person's message, replies in the
+thread, approval requests with buttons, and the update that replaces the buttons with the
+decision, whoever made it (Slack, API, timer).
 
 The provider reference stored for each row is ``CHANNEL/TS``, which later updates use.
 """
@@ -76,6 +77,10 @@ class SlackSender:
                     channel=channel, thread_ts=thread_ts, text=text, blocks=body
                 )
                 return f"{sent['channel']}/{sent['ts']}"
+            case "user_message":
+                return await self._seen(channel, data["ref"])
+            case "human_response" if data.get("kind") == "response":
+                return await self._seen(channel, data["ref"])
             case "human_response":
                 return await self._show_decision(row, data)
             case "timer_fired":
@@ -97,6 +102,15 @@ class SlackSender:
                 f"{p['agent'].upper()}_SLACK_APPROVAL_CHANNEL is not set", permanent=True
             )
         return config.approval_channel, None
+
+    async def _seen(self, channel: str, ts: str) -> str:
+        """The :eyes: reaction on a person's message: the bot has it and is working."""
+        try:
+            await self.client.reactions_add(channel=channel, timestamp=ts, name="eyes")
+        except SlackApiError as exc:
+            if exc.response.get("error") != "already_reacted":  # a retry after a lost answer
+                raise
+        return f"{channel}/{ts}"
 
     async def _post(self, channel: str, thread_ts: str | None, markdown: str) -> str:
         first: str | None = None

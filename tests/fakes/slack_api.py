@@ -24,6 +24,7 @@ class FakeSlackAPI:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.ratelimit: Counter[str] = Counter()
         self.groups: dict[str, list[str]] = {}
+        self.reactions: set[tuple[str, str, str]] = set()
         self.changed = asyncio.Event()
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -90,6 +91,12 @@ class FakeSlackAPI:
             return {"ok": True, "message_ts": f"1700000001.{next(self._ts):06d}"}
         if method == "views.open":
             return {"ok": True, "view": {"id": "V1"}}
+        if method == "reactions.add":  # Slack refuses the same reaction twice
+            reaction = (str(args["channel"]), str(args["timestamp"]), str(args["name"]))
+            if reaction in self.reactions:
+                return {"ok": False, "error": "already_reacted"}
+            self.reactions.add(reaction)
+            return {"ok": True}
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.groups.get(str(args.get("usergroup")), [])}
         return {"ok": True}
