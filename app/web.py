@@ -260,10 +260,18 @@ async def runtime(
         if rt.email is not None and settings.imap_enabled:
             fetcher = ImapFetcher(settings, rt.email.receive, poll_interval=settings.poll_interval)
             rt.tasks.append(asyncio.create_task(fetcher.run(), name="imap"))
+    rt.tasks.append(asyncio.create_task(_fill_pool(store), name="fill-pool"))
     try:
         yield rt
     finally:
         await shutdown(rt)
+
+
+async def _fill_pool(store: Store) -> None:
+    try:
+        await store.fill_pool()
+    except Exception as exc:  # the database may be down at start: readiness says so
+        log.warning("could not open the database pool at start: %s", exc)
 
 
 async def shutdown(rt: Runtime) -> None:

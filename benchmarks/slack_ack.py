@@ -8,7 +8,7 @@ steps every new thread through the stand-in model meanwhile). The stand-ins for 
 API and the model run in a process of their own (``benchmarks.standins``); the load generator
 is a minimal keep-alive HTTP client, one connection per sender.
 
-    python -m benchmarks.slack_ack [--serial 300] [--burst 1000] [--concurrency 50]
+    python -m benchmarks.slack_ack [--serial 300] [--burst 5000] [--concurrency 50]
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--serial", type=int, default=300, help="requests with 1 sender")
-    p.add_argument("--burst", type=int, default=1000, help="requests with --concurrency senders")
+    p.add_argument("--burst", type=int, default=5000, help="requests with --concurrency senders")
     p.add_argument("--concurrency", type=int, default=50)
     return p.parse_args(argv)
 

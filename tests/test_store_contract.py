@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from app.errors import ThreadNotFound, VersionConflict
 from app.events import DoneForNow, ErrorEvent, HumanResponse, UserMessage
@@ -286,3 +287,19 @@ async def test_an_event_is_stored_as_the_compact_json_it_was_written(
             .all()
         )
     assert texts == ['{"text":"deploy v1, please","channel":"api"}', '{"message":"done: v1"}']
+
+
+async def test_the_pool_is_filled_at_once_on_postgres(pg_url: str) -> None:
+    from app.store.store import POOL_SIZE
+
+    store = Store.from_url(pg_url)
+    try:
+        await store.fill_pool()
+        assert store.engine.pool.checkedin() == POOL_SIZE  # type: ignore[attr-defined]
+        async with store.engine.connect() as conn:
+            opened = await conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            )
+        assert opened == POOL_SIZE
+    finally:
+        await store.close()

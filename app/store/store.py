@@ -13,6 +13,7 @@ processes (delivered only if the transaction commits).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
@@ -93,6 +94,9 @@ class OutboxMessage:
     payload: dict[str, Any]
 
 
+POOL_SIZE = 16  # Postgres connections per process
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("json_serializer", _json)  # compact: events.data is stored as written
     if url.startswith("sqlite"):
@@ -116,7 +120,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     # A fixed pool: under a burst, requests queue for a connection instead of opening and
     # closing overflow connections (each a TCP, TLS-probe and auth handshake).
-    return create_async_engine(url, pool_size=16, max_overflow=0, pool_timeout=30, **kwargs)
+    return create_async_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30, **kwargs)
 
 
 class Store:
@@ -140,6 +144,22 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def fill_pool(self) -> None:
+        """Postgres: open the pool's connections now, all at once, so that the first burst
+        of requests after start-up does not wait for connections to be made (each a TCP
+        handshake, authentication and type look-ups)."""
+        if not self.is_postgres:
+            return
+        opened = await asyncio.gather(
+            *(self.engine.connect().start() for _ in range(POOL_SIZE)), return_exceptions=True
+        )
+        for conn in opened:
+            if isinstance(conn, AsyncConnection):
+                await conn.close()  # back to the pool, open
+        for failed in opened:
+            if isinstance(failed, BaseException):
+                raise failed
 
     async def ping(self) -> None:
         """One round trip to the database; raises if it does not answer."""
