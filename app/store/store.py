@@ -274,16 +274,17 @@ class Store:
         sql = _append_sql(len(stored), receipt is not None, len(messages), tuple(topics))
         return await self._one_statement(sql, args) is not None
 
-    async def _one_statement(self, sql: str, args: list[Any]) -> Any:
-        """Run one statement on its own; its first row. Sent on the pooled connection's
-        asyncpg connection itself, outside any transaction (so atomic by itself), without
-        SQLAlchemy's execution layer: that layer cost more CPU than asyncpg and the round
-        trip together. A constraint violation is raised as SQLAlchemy's IntegrityError, and
-        a connection found dead is invalidated, as that layer would have done."""
+    async def _one_statement(self, sql: str, args: list[Any], *, rows: bool = False) -> Any:
+        """Run one statement on its own; its first row (or all of them: ``rows``). Sent on the
+        pooled connection's asyncpg connection itself, outside any transaction (so atomic by
+        itself), without SQLAlchemy's execution layer: that layer cost more CPU than asyncpg
+        and the round trip together. A constraint violation is raised as SQLAlchemy's
+        IntegrityError, and a connection found dead is invalidated, as that layer would have
+        done."""
         async with self.engine.connect() as conn:
             raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
             try:
-                return await raw.fetchrow(sql, *args)
+                return await (raw.fetch if rows else raw.fetchrow)(sql, *args)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(sql, args, exc) from exc
             except BaseException:
@@ -370,6 +371,17 @@ class Store:
         return stored
 
     async def load(self, thread_id: str) -> ThreadRecord:
+        if self.is_postgres:
+            # The thread and its events in one statement: one round trip, one snapshot.
+            found = await self._one_statement(_LOAD_SQL, [thread_id], rows=True)
+            if not found:
+                raise ThreadNotFound(thread_id)
+            stored = [
+                StoredEvent(r["seq"], event_from_row(r["type"], r["data"]), r["actor"], r["at"])
+                for r in found
+                if r["seq"] is not None
+            ]
+            return ThreadRecord(**_summary_fields(found[0]), events=stored)
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(threads).where(threads.c.id == thread_id))).first()
             if row is None:
@@ -686,14 +698,26 @@ def _event_row(thread_id: str, stored: StoredEvent) -> dict[str, Any]:
     }
 
 
+_SUMMARY = (
+    "id",
+    "agent",
+    "channel",
+    "channel_key",
+    "status",
+    "version",
+    "created_at",
+    "updated_at",
+)
+
+_LOAD_SQL = (
+    f"SELECT {', '.join(f't.{c}' for c in _SUMMARY)}, "
+    "e.seq, e.type, e.data, e.actor, e.created_at AS at "
+    "FROM threads t LEFT JOIN events e ON e.thread_id = t.id WHERE t.id = $1 ORDER BY e.seq"
+)
+
+
 def _summary_fields(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "agent": row.agent,
-        "channel": row.channel,
-        "channel_key": row.channel_key,
-        "status": row.status,
-        "version": row.version,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }
+    """A thread's summary from a SQLAlchemy row or an asyncpg record."""
+    if isinstance(row, asyncpg.Record):
+        return {c: row[c] for c in _SUMMARY}
+    return {c: getattr(row, c) for c in _SUMMARY}
