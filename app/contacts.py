@@ -1,7 +1,7 @@
 """Which events reach a person, and through which outbound channel (factor 7).
 
-A thread answers in the channel it came from: Slack threads in Slack, email in email (and a
-message someone writes in a Slack thread gets the bot's :eyes: reaction, sent from here too). API
+A thread answers in the channel it came from: Slack threads in Slack, email in email; a
+message someone writes in a Slack thread of ours is a contact too (the :eyes: reaction). API
 threads have no conversation to answer in; when ``API_WEBHOOK_URL`` is set, their contacts
 are POSTed there. Approval traffic of a thread that did not start in Slack also goes to the
 agent's Slack approval channel when one is configured. The resulting outbox rows are written
@@ -56,12 +56,7 @@ class Contacts:
     ) -> list[OutboxMessage]:
         messages = []
         for event in new:
-            if _is_slack_message(event, channel) and (slack := self.routes.get("slack")):
-                # Someone wrote in the Slack thread: the bot marks the message as seen.
-                payload = self._payload(thread_id, agent, channel, channel_key, event, history)
-                messages.append(OutboxMessage(slack, payload))
-                continue
-            if not _is_contact(event):
+            if not (_is_contact(event) or _is_slack_message(event, channel)):
                 continue
             approval = _is_approval_traffic(event, history)
             to_approvers: set[str | None] = set(self.approval_routes.get(agent, []))
@@ -111,16 +106,10 @@ class Contacts:
 
 def _is_slack_message(event: Event, thread_channel: str) -> bool:
     """A person's message in a Slack thread of ours (its ``ref`` is the message's ts)."""
-    written = isinstance(event, UserMessage) or (
-        isinstance(event, HumanResponse) and event.kind == "response"
-    )
-    return (
-        written
-        and thread_channel == "slack"
-        and isinstance(event, UserMessage | HumanResponse)
-        and event.channel == "slack"
-        and bool(event.ref)
-    )
+    if thread_channel != "slack" or not isinstance(event, UserMessage | HumanResponse):
+        return False
+    written = isinstance(event, UserMessage) or event.kind == "response"
+    return written and event.channel == "slack" and bool(event.ref)
 
 
 def _is_contact(event: Event) -> bool:
