@@ -220,6 +220,7 @@ class EngineRun:
     threads: int = 0
     engine_ms: list[float] = field(default_factory=list)  # per thread: (wall - model) / calls
     outside_client_ms: list[float] = field(default_factory=list)  # (wall - client call) / calls
+    cpu_ms: list[float] = field(default_factory=list)  # per thread: (process CPU - model) / calls
     gaps_ms: list[float] = field(default_factory=list)  # between consecutive model requests
     tables: dict[str, int] = field(default_factory=dict)  # bytes grown, all threads
     wal_bytes: int = 0  # cluster-wide insert position difference

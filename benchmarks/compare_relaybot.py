@@ -161,7 +161,7 @@ async def engine_run(
                 async def one(steps: int, tag: str = "") -> None:
                     decided = inner.decide_s if isinstance(inner, ScriptedLLM) else 0.0
                     client, first = llm.client_s, len(llm.calls)
-                    t0 = time.perf_counter()
+                    t0, cpu = time.perf_counter(), time.process_time()
                     tid = (await service.launch(task(steps, tag)))["thread_id"]
                     await engine.run(tid)
                     t1 = time.perf_counter()
@@ -169,6 +169,7 @@ async def engine_run(
                     await service.respond_approval(tid, approved=True)
                     await engine.run(tid)
                     wall = time.perf_counter() - t1 + (t1 - t0)
+                    cpu = time.process_time() - cpu
                     calls = len(llm.calls) - first
                     status = (await store.load(tid)).status
                     if calls != steps + 2 or status != "done":
@@ -176,10 +177,12 @@ async def engine_run(
                     model = (inner.decide_s if isinstance(inner, ScriptedLLM) else 0.0) - decided
                     result.engine_ms.append((wall - model) * 1000 / calls)
                     result.outside_client_ms.append((wall - llm.client_s + client) * 1000 / calls)
+                    result.cpu_ms.append((cpu - model) * 1000 / calls)
                     result.gaps_ms += [(b - a) * 1000 for a, b in itertools.pairwise(gaps)]
 
                 await one(3)  # warm-up: imports, caches, the connection pool; not reported
                 result.engine_ms, result.outside_client_ms, result.gaps_ms = [], [], []
+                result.cpu_ms = []
                 before = await Footprint.of(dsn)
                 renderer.render_s = renderer.count_s = store.append_s = 0.0
                 started = time.perf_counter()

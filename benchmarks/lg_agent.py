@@ -219,21 +219,24 @@ async def engine_run(
         async def one(steps: int, tag: str = "") -> None:
             config = config_for(str(uuid.uuid4()))
             decided, client, first = clock.seconds, rec.client_s, len(rec.calls)
-            t0 = time.perf_counter()
+            t0, cpu = time.perf_counter(), time.process_time()
             check_paused(await graph.ainvoke(start(steps, tag), config))
             t1 = time.perf_counter()
             gaps = rec.calls[first:]
             out = await graph.ainvoke(APPROVE, config)
             wall = time.perf_counter() - t1 + (t1 - t0)
+            cpu = time.process_time() - cpu
             calls = len(rec.calls) - first
             if calls != steps + 2 or out["messages"][-1].content != "done":
                 raise RuntimeError(f"langgraph: {calls} model calls for {steps} steps")
             result.engine_ms.append((wall - clock.seconds + decided) * 1000 / calls)
             result.outside_client_ms.append((wall - rec.client_s + client) * 1000 / calls)
+            result.cpu_ms.append((cpu - clock.seconds + decided) * 1000 / calls)
             result.gaps_ms += [(b - a) * 1000 for a, b in itertools.pairwise(gaps)]
 
         await one(3)  # warm-up, not reported
         result.engine_ms, result.outside_client_ms, result.gaps_ms = [], [], []
+        result.cpu_ms = []
         before = await Footprint.of(dsn)
         for i in range(threads):
             await one(steps, CTX if capture and i == 0 else "")
