@@ -227,6 +227,10 @@ class EngineRun:
     wal_own_bytes: int | None = None  # of that, this database's records (pg_waldump)
     shares: dict[str, float] = field(default_factory=dict)  # relaybot: render, count, append
 
+    def forget_warm_up(self) -> None:
+        """Drop the per-thread figures gathered so far (the warm-up thread's)."""
+        self.engine_ms, self.outside_client_ms, self.cpu_ms, self.gaps_ms = [], [], [], []
+
     @property
     def table_bytes_per_thread(self) -> float:
         return sum(self.tables.values()) / self.threads

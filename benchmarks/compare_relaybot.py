@@ -181,8 +181,7 @@ async def engine_run(
                     result.gaps_ms += [(b - a) * 1000 for a, b in itertools.pairwise(gaps)]
 
                 await one(3)  # warm-up: imports, caches, the connection pool; not reported
-                result.engine_ms, result.outside_client_ms, result.gaps_ms = [], [], []
-                result.cpu_ms = []
+                result.forget_warm_up()
                 before = await Footprint.of(dsn)
                 renderer.render_s = renderer.count_s = store.append_s = 0.0
                 started = time.perf_counter()
@@ -229,10 +228,8 @@ async def load_run(
             BENCH_ARRIVALS=str(arrivals.path),
             **llm_env,
         )
-        for i in range(workers):
-            await procs.start(f"worker {i}", ["worker"], env, ready="started (concurrency")
+        await procs.start_workers(workers, env)
         await procs.wait_ready()
-        await asyncio.sleep(1.0)  # LISTEN connects just after the "started" line
         settings = load_settings(
             database_url=url,
             llm_model=MODEL,

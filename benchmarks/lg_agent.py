@@ -235,8 +235,7 @@ async def engine_run(
             result.gaps_ms += [(b - a) * 1000 for a, b in itertools.pairwise(gaps)]
 
         await one(3)  # warm-up, not reported
-        result.engine_ms, result.outside_client_ms, result.gaps_ms = [], [], []
-        result.cpu_ms = []
+        result.forget_warm_up()
         before = await Footprint.of(dsn)
         for i in range(threads):
             await one(steps, CTX if capture and i == 0 else "")

@@ -94,6 +94,9 @@ class Proc:
                 self.started.set()
 
 
+WORKER_READY = "started (concurrency"
+
+
 class Procs:
     """`python -m app.cli ...` subprocesses, terminated (then killed) on exit."""
 
@@ -109,8 +112,13 @@ class Procs:
         self.procs.append(p := Proc(name, proc, ready))
         self.readers.append(asyncio.create_task(p.read()))
 
+    async def start_workers(self, n: int, env: dict[str, str]) -> None:
+        for i in range(n):
+            await self.start(f"worker {i}", ["worker"], env, ready=WORKER_READY)
+
     async def wait_ready(self) -> None:
-        """Until every process printed its ready line; fail if one exits first."""
+        """Until every process printed its ready line; fail if one exits first. Workers get
+        a second more: they LISTEN just after their ready line."""
 
         async def ready() -> bool:
             if dead := [p for p in self.procs if p.proc.returncode is not None]:
@@ -118,6 +126,8 @@ class Procs:
             return all(p.started.is_set() for p in self.procs)
 
         await until(ready, 120, 0.1)
+        if any(p.ready == WORKER_READY for p in self.procs):
+            await asyncio.sleep(1.0)
 
     async def __aenter__(self) -> Procs:
         return self
@@ -144,10 +154,8 @@ async def throughput(workers: int, args: argparse.Namespace) -> list[str]:
             BENCH_STEPS=str(args.steps),
             WORKER_CONCURRENCY=str(args.concurrency),
         )
-        for i in range(workers):
-            await procs.start(f"worker {i}", ["worker"], env, ready="started (concurrency")
+        await procs.start_workers(workers, env)
         await procs.wait_ready()
-        await asyncio.sleep(1.0)  # LISTEN connects just after the "started" line
         agents = {"default_agent": "benchbot", "extra_agents": BENCH["EXTRA_AGENTS"]}
         settings = load_settings(database_url=url, llm_model=MODEL, **agents)
         db = await asyncpg.connect(url.replace("+asyncpg", ""))
@@ -247,10 +255,8 @@ async def resume_latency(args: argparse.Namespace) -> tuple[list[list[str]], flo
             env = env_for(url, **web, **llm)
             serve = ["serve", "--no-worker", "--no-migrate"]
             await procs.start("web", serve, {**env, "LOG_LEVEL": "WARNING"}, ready="serving on")
-            for i in range(2):
-                await procs.start(f"worker {i}", ["worker"], env, ready="started (concurrency")
+            await procs.start_workers(2, env)
             await procs.wait_ready()
-            await asyncio.sleep(1.0)
             headers = {"Authorization": f"Bearer {token}"}
             base = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
