@@ -61,16 +61,36 @@ def read_settings(cls: type[S]) -> S:
 
 
 @dataclass(frozen=True)
+class Requester:
+    """Who started the thread, as the channel proved it: ``channel`` and ``id`` (a Slack user
+    ID, an email address, an API token's name); ``verified``: the channel authenticated them
+    (an email that passed DKIM/DMARC at our receiving server, Slack's signature)."""
+
+    channel: str
+    id: str | None
+    verified: bool
+
+
+@dataclass(frozen=True)
 class ToolContext:
-    """What a handler may use. Resources come from the app's lifespan, never globals."""
+    """What a handler may use. Resources come from the app's lifespan, never globals.
+
+    ``idempotency_key`` names this call (thread and action seq): the same key every time the
+    call is run, so a receiver that honours it applies the effect once. ``approval`` is the
+    decision's evidence when a person approved this very call, else None."""
 
     thread_id: str
     http: httpx.AsyncClient
     db: AsyncEngine  # the service's database, for agents with tables of their own
+    idempotency_key: str = ""
+    requester: Requester | None = None
+    approval: Mapping[str, Any] | None = None
 
 
 ToolResultValue = str | Mapping[str, Any] | list[Any]
 Handler = Callable[[Any, ToolContext], Awaitable[ToolResultValue]]
+# Whether a call needs approval, given what the tool can look up (an order's refunds so far)
+Gate = Callable[[Any, ToolContext], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -81,11 +101,27 @@ class Tool:
     needs_approval: bool | Callable[[Any], bool] = False
     # A non-idempotent tool interrupted by a crash is not silently re-run.
     idempotent: bool = True
+    # A check that needs I/O (the sum of a thread's refunds, say), on top of needs_approval.
+    approval_gate: Gate | None = None
 
     def approval_needed(self, action: Mapping[str, Any]) -> bool:
+        """The pure part of the gate: what ``needs_approval`` says about the call."""
         if callable(self.needs_approval):
             return bool(self.needs_approval(self.model.model_validate(dict(action))))
         return self.needs_approval
+
+    @property
+    def gated(self) -> bool:
+        """Whether any call of this tool may need approval."""
+        return self.approval_gate is not None or self.needs_approval is not False
+
+    async def gate(self, action: Mapping[str, Any], ctx: ToolContext) -> bool:
+        """Whether this call needs approval: the predicate, then the I/O check."""
+        if self.approval_needed(action):
+            return True
+        if self.approval_gate is None:
+            return False
+        return await self.approval_gate(self.model.model_validate(dict(action)), ctx)
 
     @property
     def intent(self) -> str:

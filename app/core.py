@@ -29,6 +29,7 @@ from app.events import (
     ToolResult,
     ToolStarted,
     UserMessage,
+    arguments_digest,
 )
 
 Status = Literal["running", "awaiting_approval", "awaiting_response", "done"]
@@ -41,6 +42,12 @@ class PendingApproval:
     action_seq: int
     intent: str
     arguments: dict[str, Any]
+    request_seq: int = 0
+    requested_by: str | None = None
+
+    @property
+    def digest(self) -> str:
+        return arguments_digest(self.intent, self.arguments)
 
 
 @dataclass(frozen=True)
@@ -65,66 +72,114 @@ class ThreadState:
     model_calls_since_human: int = 0
     # Set while a tool's start is recorded but its result is not: (action_seq, action).
     tool_in_flight: tuple[int, dict[str, Any]] | None = None
-    # Set right after a human approved, until the tool starts.
+    # An allowed approval, from the decision until its tool starts (or ends): whatever
+    # arrives in between (a message, a timer), the approved call runs next, once.
     approved: PendingApproval | None = None
+    # Who wrote last (``channel:id``): the requester of what the model asks next.
+    last_author: str | None = None
 
 
 def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
-    """One step of the fold. Total over the event union: mypy checks the match."""
+    """One step of the fold. Total over the event union: mypy checks the match.
+
+    A pending approval ends only by a decision on it (``request_seq`` and digest match), a
+    cancel, or its time-out: a message written meanwhile is kept and changes nothing."""
     event = stored.event
-    s = replace(state, version=stored.seq, last=event, approved=None)
+    s = replace(state, version=stored.seq, last=event)
     match event:
         case UserMessage():
+            s = replace(s, last_author=_principal_key(event.channel, event.author))
+            if s.status == "awaiting_approval":
+                return s  # read by the model after the decision; it decides nothing
             # A tool in flight stays so: only its outcome or a person's decision settles it.
             return _fresh_turn(s)
         case ActionChosen():
             return replace(s, model_calls_since_human=s.model_calls_since_human + 1)
         case ToolStarted():
-            return replace(s, tool_in_flight=(event.action_seq, event.action))
+            return replace(
+                s,
+                tool_in_flight=(event.action_seq, event.action),
+                approved=_settled(s.approved, event.action_seq),
+            )
         case ToolResult():
-            return replace(s, consecutive_errors=0, recent_errors=(), tool_in_flight=None)
+            return replace(
+                s,
+                consecutive_errors=0,
+                recent_errors=(),
+                tool_in_flight=None,
+                approved=_settled(s.approved, event.action_seq),
+            )
         case ErrorEvent():
             return replace(
                 s,
                 consecutive_errors=s.consecutive_errors + 1,
                 recent_errors=(*s.recent_errors[-(MAX_CONSECUTIVE_ERRORS - 1) :], event.message),
                 tool_in_flight=None,
+                approved=_settled(s.approved, event.action_seq),
             )
         case ApprovalRequested():
-            pending = PendingApproval(event.action_seq, event.intent, dict(event.arguments))
+            pending = PendingApproval(
+                event.action_seq,
+                event.intent,
+                dict(event.arguments),
+                stored.seq,
+                event.requested_by,
+            )
             waiting = Waiting("approval", stored.seq, stored.created_at)
             return replace(s, status="awaiting_approval", pending=pending, waiting=waiting)
-        case HumanResponse():
-            approved = s.pending if event.kind == "approval" and event.approved else None
+        case HumanResponse() if event.kind in ("approval", "cancel"):
+            decided = s.pending
+            if decided is None or not _decides(event, decided):
+                return s  # decides nothing (the service never appends such a decision)
+            approved = decided if event.kind == "approval" and event.approved else None
             return replace(
-                s,
-                status="running",
-                pending=None,
-                waiting=None,
+                _fresh_turn(s, author=_principal_key(event.channel, event.author)),
                 approved=approved,
-                consecutive_errors=0,
-                recent_errors=(),
-                model_calls_since_human=0,
             )
+        case HumanResponse():
+            if s.status == "awaiting_approval":
+                return s  # free text never decides a pending approval
+            return _fresh_turn(s, author=_principal_key(event.channel, event.author))
         case InformationRequested():
             waiting = Waiting("response", stored.seq, stored.created_at)
             return replace(s, status="awaiting_response", waiting=waiting)
         case Escalated():
             # A person now decides what happens, including about an interrupted tool.
             waiting = Waiting("response", stored.seq, stored.created_at)
-            return replace(s, status="awaiting_response", waiting=waiting, tool_in_flight=None)
+            return replace(
+                s, status="awaiting_response", waiting=waiting, tool_in_flight=None, approved=None
+            )
         case TimerFired():
             if s.waiting is None:
                 return s
             return replace(s, waiting=replace(s.waiting, fired=s.waiting.fired | {event.kind}))
         case Retried():
             # An operator takes the place of the person asked: the step runs again afresh.
+            if s.status == "awaiting_approval":
+                return s
             return _fresh_turn(s)
         case DoneForNow():
             return replace(s, status="done", waiting=None)
 
 
-def _fresh_turn(s: ThreadState) -> ThreadState:
+def _decides(event: HumanResponse, pending: PendingApproval) -> bool:
+    """A decision counts for the pending request only if it names it (or names none, as
+    old events do) and, when it carries a digest, for exactly its arguments."""
+    if event.request_seq is not None and event.request_seq != pending.request_seq:
+        return False
+    digest = (event.evidence or {}).get("digest")
+    return digest is None or digest == pending.digest
+
+
+def _settled(approved: PendingApproval | None, action_seq: int | None) -> PendingApproval | None:
+    return None if approved is not None and approved.action_seq == action_seq else approved
+
+
+def _principal_key(channel: str, author: str | None) -> str | None:
+    return None if author is None else f"{channel}:{author}"
+
+
+def _fresh_turn(s: ThreadState, author: str | None = None) -> ThreadState:
     """A person spoke: the thread runs, nothing is pending, the error and step counts restart."""
     return replace(
         s,
@@ -134,6 +189,7 @@ def _fresh_turn(s: ThreadState) -> ThreadState:
         consecutive_errors=0,
         recent_errors=(),
         model_calls_since_human=0,
+        last_author=author or s.last_author,
     )
 
 
@@ -191,9 +247,11 @@ def next_move(state: ThreadState, agent: Agent, step_cap: int, now: datetime) ->
     if state.status != "running" or state.last is None:
         return Idle()
     if state.approved is not None:
+        # Exactly the call that was approved: its arguments as the request recorded them. Its
+        # start is recorded first, so a crash cannot run it again unseen.
         approved = state.approved
         action = {"intent": approved.intent, **approved.arguments}
-        return RunTool(approved.action_seq, action, _needs_start_record(agent, approved.intent))
+        return RunTool(approved.action_seq, action, True)
     if state.tool_in_flight is not None:
         # Its start was recorded and no result followed: the process died while it ran.
         seq, action = state.tool_in_flight
@@ -226,7 +284,13 @@ def _timer_move(waiting: Waiting, policy: TimerPolicy | None, now: datetime) -> 
         reason = f"no answer within {human_duration(policy.timeout_after)}"
         if waiting.kind == "approval":
             response = HumanResponse(
-                kind="approval", approved=False, comment=reason, channel="timer", author="timer"
+                kind="approval",
+                approved=False,
+                comment=reason,
+                channel="timer",
+                author="timer",
+                request_seq=waiting.request_seq,
+                evidence={"principal": "timer", "via": "durable timer"},
             )
         else:
             response = HumanResponse(
@@ -276,18 +340,24 @@ def wake_at(state: ThreadState, agent: Agent, now: datetime) -> datetime | None:
 
 def _act_on(seq: int, chosen: ActionChosen, agent: Agent) -> Move:
     tool = agent.tools_by_intent.get(chosen.intent)
-    if tool is None or tool.approval_needed(chosen.action):
-        return CallModel()  # human actions and approvals are appended with their action
+    if tool is None or tool.gated:
+        # Human actions and approvals are appended with their action; a gated call found
+        # alone is asked of the model again, never run without its request.
+        return CallModel()
     return RunTool(seq, chosen.action, not tool.idempotent)
 
 
-def _needs_start_record(agent: Agent, intent: str) -> bool:
-    tool = agent.tools_by_intent.get(intent)
-    return tool is not None and not tool.idempotent
-
-
-def consequences(action_seq: int, action: dict[str, Any], agent: Agent) -> list[Event]:
-    """Events that follow the model's choice at once, in the same append as the choice."""
+def consequences(
+    action_seq: int,
+    action: dict[str, Any],
+    agent: Agent,
+    requested_by: str | None = None,
+    *,
+    gated: bool | None = None,
+) -> list[Event]:
+    """Events that follow the model's choice at once, in the same append as the choice.
+    ``requested_by``: who wrote last (``ThreadState.last_author``), for four-eyes;
+    ``gated``: the tool's whole gate, where the caller checked it (it may need I/O)."""
     intent = str(action["intent"])
     args = {k: v for k, v in action.items() if k != "intent"}
     if intent == "request_more_information":
@@ -295,9 +365,47 @@ def consequences(action_seq: int, action: dict[str, Any], agent: Agent) -> list[
     if intent == "done_for_now":
         return [DoneForNow(message=str(args.get("message", "")))]
     tool = agent.tools_by_intent[intent]
-    if tool.approval_needed(action):
-        return [ApprovalRequested(intent=intent, arguments=args, action_seq=action_seq)]
+    if gated if gated is not None else tool.approval_needed(action):
+        return [
+            ApprovalRequested(
+                intent=intent,
+                arguments=args,
+                action_seq=action_seq,
+                requested_by=requested_by,
+                digest=arguments_digest(intent, args),
+            )
+        ]
     return []
+
+
+def fork_prefix(events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """What a fork keeps of ``events``: all of them up to the first tool call that was chosen
+    and not finished (no result, no error, not rejected or cancelled), which is left out with
+    everything after it. So a fork never holds a decision or a started call it could act on:
+    a side effect happens again only after a new choice and, if gated, a new approval."""
+    open_calls: dict[int, int] = {}  # action seq -> its index in events
+    asked: int | None = None  # the action seq of the approval request last made
+    for i, stored in enumerate(events):
+        event = stored.event
+        match event:
+            case ActionChosen() if event.intent not in _HUMAN_INTENTS:
+                open_calls[stored.seq] = i
+            case ApprovalRequested():
+                asked = event.action_seq
+            case ToolResult():
+                open_calls.pop(event.action_seq, None)
+            case ErrorEvent() if event.action_seq is not None:
+                open_calls.pop(event.action_seq, None)
+            case HumanResponse() if event.kind != "response" and not event.approved:
+                if asked is not None:  # rejected, cancelled or timed out: nothing ran
+                    open_calls.pop(asked, None)
+            case Escalated():
+                open_calls.clear()  # an interrupted call is now a question for a person
+    cut = min(open_calls.values(), default=len(events))
+    return list(events[:cut])
+
+
+_HUMAN_INTENTS = ("request_more_information", "done_for_now")
 
 
 def human_duration(delta: timedelta) -> str:

@@ -22,7 +22,7 @@ import httpx
 from pydantic import ValidationError
 
 from app import core
-from app.agent import Agent, Tool, ToolContext, ToolResultValue
+from app.agent import Agent, Requester, Tool, ToolContext, ToolResultValue
 from app.contacts import Contacts
 from app.context import ContextRenderer
 from app.errors import LLMError, ToolError, ToolOutcomeUnknown, VersionConflict
@@ -31,10 +31,12 @@ from app.events import (
     ErrorEvent,
     Escalated,
     Event,
+    HumanResponse,
     StoredEvent,
     TimerFired,
     ToolResult,
     ToolStarted,
+    UserMessage,
 )
 from app.llm import LLM
 from app.logs import log_context
@@ -184,7 +186,8 @@ class Engine:
             latency_ms=reply.latency_ms,
         )
         tool = agent.tools_by_intent.get(action.intent)
-        if tool is not None and not tool.approval_needed(action_dict):
+        gated = tool is not None and await self._gated(thread, tool, action_dict, chosen_seq)
+        if tool is not None and not gated:
             if tool.idempotent:
                 # Run it first and write choice and outcome in one append: a crash in
                 # between only means the model is asked again, and the tool may re-run.
@@ -196,9 +199,21 @@ class Engine:
                 outcome = await self._execute(thread, tool, action_dict, chosen_seq)
                 await self._append_fact(thread, agent, outcome)
             return None
-        new = [chosen, *core.consequences(chosen_seq, action_dict, agent)]
-        await self._append(thread, agent, new)
+        asks = core.consequences(
+            chosen_seq, action_dict, agent, thread.state.last_author, gated=gated
+        )
+        await self._append(thread, agent, [chosen, *asks])
         return None
+
+    async def _gated(
+        self, thread: _Thread, tool: Tool, action: dict[str, Any], action_seq: int
+    ) -> bool:
+        """Whether the call needs approval. A gate that fails asks: when in doubt, a person."""
+        try:
+            return await tool.gate(action, self._context(thread, action_seq, None))
+        except Exception:
+            log.exception("thread %s: approval gate of %s failed", thread.id, tool.intent)
+            return True
 
     async def _failed(self, thread: _Thread, agent: Agent, error: ErrorEvent) -> timedelta | None:
         log.warning("thread %s: %s: %s", thread.id, error.kind, error.message)
@@ -212,20 +227,38 @@ class Engine:
     async def _run_tool(self, thread: _Thread, agent: Agent, move: core.RunTool) -> None:
         """An approved tool, or one whose choice was recorded before a crash."""
         tool = agent.tools_by_intent[str(move.action["intent"])]
+        approval = _approval_of(thread.events, thread.state)
         if move.record_start:
             started_event = ToolStarted(
                 intent=tool.intent, action=move.action, action_seq=move.action_seq
             )
             await self._append(thread, agent, [started_event])
-        outcome = await self._execute(thread, tool, move.action, move.action_seq)
+        outcome = await self._execute(thread, tool, move.action, move.action_seq, approval)
         await self._append_fact(thread, agent, outcome)
 
+    def _context(
+        self, thread: _Thread, action_seq: int, approval: dict[str, Any] | None
+    ) -> ToolContext:
+        return ToolContext(
+            thread_id=thread.id,
+            http=self.http,
+            db=self.store.engine,
+            idempotency_key=f"{thread.id}:{action_seq}",
+            requester=_requester(thread.events),
+            approval=approval,
+        )
+
     async def _execute(
-        self, thread: _Thread, tool: Tool, action: dict[str, Any], action_seq: int
+        self,
+        thread: _Thread,
+        tool: Tool,
+        action: dict[str, Any],
+        action_seq: int,
+        approval: dict[str, Any] | None = None,
     ) -> ToolResult | ErrorEvent | Escalated:
         """Run the handler; every failure becomes a compact error event (factor 9), except
         that a non-idempotent tool whose outcome is unknown is a question for a person."""
-        ctx = ToolContext(thread_id=thread.id, http=self.http, db=self.store.engine)
+        ctx = self._context(thread, action_seq, approval)
         started = time.perf_counter()
         try:
             call = tool.model.model_validate(action)
@@ -237,16 +270,14 @@ class Engine:
                     reason=f"`{tool.intent}` may or may not have run: {detail}. "
                     "It is not safe to repeat it automatically. Check, then tell me how to go on."
                 )
-            return ErrorEvent(kind="tool", message=f"{tool.intent}: {detail}")
+            return _tool_error(tool, detail, action_seq)
         except ToolError as exc:
-            return ErrorEvent(kind="tool", message=f"{tool.intent}: {exc.message}")
+            return _tool_error(tool, exc.message, action_seq)
         except ValidationError as exc:
-            return ErrorEvent(kind="tool", message=f"{tool.intent}: {_validation_summary(exc)}")
+            return _tool_error(tool, _validation_summary(exc), action_seq)
         except Exception as exc:
             log.exception("thread %s: tool %s crashed", thread.id, tool.intent)
-            return ErrorEvent(
-                kind="tool", message=f"{tool.intent}: {type(exc).__name__}: {exc}"[:300]
-            )
+            return _tool_error(tool, f"{type(exc).__name__}: {exc}", action_seq)
         return ToolResult(
             intent=tool.intent,
             result=_as_text(value),
@@ -307,6 +338,32 @@ _MOVE_KINDS: dict[type, str] = {
     core.TimeOut: "time_out",
     core.Idle: "idle",
 }
+
+
+def _tool_error(tool: Tool, detail: str, action_seq: int) -> ErrorEvent:
+    return ErrorEvent(kind="tool", message=f"{tool.intent}: {detail}"[:300], action_seq=action_seq)
+
+
+def _requester(events: Sequence[StoredEvent]) -> Requester | None:
+    """Who started the thread: its first message's author, as its channel proved them."""
+    for stored in events:
+        if isinstance(stored.event, UserMessage):
+            first = stored.event
+            verified = bool(first.verified) or first.channel == "slack"
+            return Requester(first.channel, first.author, verified and first.author is not None)
+    return None
+
+
+def _approval_of(events: Sequence[StoredEvent], state: core.ThreadState) -> dict[str, Any] | None:
+    """The evidence of the decision that approved the call about to run, if one did."""
+    approved = state.approved
+    if approved is None:
+        return None
+    for stored in reversed(events):
+        event = stored.event
+        if isinstance(event, HumanResponse) and event.request_seq == approved.request_seq:
+            return dict(event.evidence or {"principal": event.author, "via": event.channel})
+    return {"principal": "unknown", "via": "approval"}
 
 
 def _model_label(llm: LLM) -> str:

@@ -46,6 +46,17 @@ class NotAwaiting(RelaybotError):
         self.sent = sent
 
 
+class NotAllowed(RelaybotError):
+    """The person may not do this: the agent's approval policy does not list them, or
+    four-eyes keeps the requester from approving their own request."""
+
+    def __init__(self, thread_id: str, principal: str, reason: str) -> None:
+        super().__init__(reason)
+        self.thread_id = thread_id
+        self.principal = principal
+        self.reason = reason
+
+
 class SeqOutOfRange(RelaybotError):
     """A position in a thread that it does not have."""
 

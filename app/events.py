@@ -6,13 +6,16 @@ tag in its own column and the remaining fields as JSON ``data``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-Channel = Literal["api", "slack", "email", "timer", "system"]
+Channel = Literal["api", "slack", "email", "timer", "system", "link", "operator"]
 
 
 class _Event(BaseModel):
@@ -28,6 +31,9 @@ class UserMessage(_Event):
     author: str | None = None
     ref: str | None = None  # the channel's id for the message (an email's Message-ID)
     subject: str | None = None  # an email's subject
+    # The channel proved the author is who they say (Slack's signature, an email that passed
+    # DKIM/DMARC at our receiving server, an API token); None: not known.
+    verified: bool | None = None
 
 
 class ActionChosen(_Event):
@@ -70,26 +76,38 @@ class ErrorEvent(_Event):
     type: Literal["error"] = "error"
     kind: Literal["llm", "invalid_output", "timeout", "tool", "step_cap"]
     message: str
+    action_seq: int | None = None  # the action that failed, for a tool's error
 
 
 class ApprovalRequested(_Event):
+    """A gated call waits for a person who may decide. ``requested_by`` is the principal
+    whose message led to it (``channel:id``), for four-eyes; ``digest`` names exactly these
+    arguments: a decision for any other call does not count."""
+
     type: Literal["approval_requested"] = "approval_requested"
     intent: str
     arguments: dict[str, Any]
     action_seq: int
+    requested_by: str | None = None
+    digest: str | None = None
 
 
 class HumanResponse(_Event):
-    """A person answered: an approval decision, or free text."""
+    """A person answered: an approval decision, a cancel of the pending request, or free text.
+
+    A decision names the request it decides (``request_seq``) and carries its ``evidence``:
+    who decided, how the channel proved it, and the digest of the arguments decided on."""
 
     type: Literal["human_response"] = "human_response"
-    kind: Literal["approval", "response"]
+    kind: Literal["approval", "response", "cancel"]
     approved: bool | None = None
     comment: str | None = None
     text: str | None = None
     author: str | None = None
     channel: Channel = "api"
     ref: str | None = None  # the channel's id for the message (an email's Message-ID)
+    request_seq: int | None = None
+    evidence: dict[str, Any] | None = None
 
 
 class InformationRequested(_Event):
@@ -141,6 +159,18 @@ Event = Annotated[
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def arguments_digest(intent: str, arguments: Mapping[str, Any]) -> str:
+    """A short, stable name for exactly this call: the intent and its arguments."""
+    blob = json.dumps(
+        {"intent": intent, "arguments": arguments},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def event_data(event: _Event) -> dict[str, Any]:

@@ -8,26 +8,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from app import core
 from app.agent import Agent
-from app.contacts import Contacts
+from app.contacts import Contacts, Reply
+from app.decisions import decision_event
 from app.errors import (
     IdempotencyMismatch,
+    NotAllowed,
     NotAwaiting,
     SeqOutOfRange,
     UnknownAgent,
     VersionConflict,
 )
 from app.events import Channel, Event, HumanResponse, Retried, StoredEvent, UserMessage
+from app.policy import ApprovalPolicy, Policies, Principal, refusal
 from app.store import DuplicateDelivery, Receipt, Store, ThreadRecord, utcnow
 from app.store.store import HUMAN_PRIORITY
 
+log = logging.getLogger(__name__)
+
 APPEND_ATTEMPTS = 8
+
+# (principal id, the groups a policy names) -> the ones among them the principal belongs to
+GroupResolver = Callable[[str, frozenset[str]], Awaitable[frozenset[str]]]
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,17 @@ class Threads:
         default_agent: str,
         base_url: str,
         contacts: Contacts | None = None,
+        policies: Policies | None = None,
+        groups: Mapping[str, GroupResolver] | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
         self.default_agent = default_agent
         self.base_url = base_url
         self.contacts = contacts or Contacts({}, base_url)
+        self.policies = policies or Policies()
+        # channel -> which of the named groups a principal belongs to (Slack user groups)
+        self.groups: dict[str, GroupResolver] = dict(groups or {})
 
     def response_url(self, thread_id: str) -> str:
         return f"{self.base_url}/thread/{thread_id}/response"
@@ -75,6 +90,7 @@ class Threads:
         ref: str | None = None,
         subject: str | None = None,
         check_first: bool = True,
+        verified: bool | None = None,
     ) -> dict[str, Any]:
         """Start a thread. ``check_first=False`` skips the look-up of an earlier delivery
         (the insert finds it anyway) when most deliveries are new: one round trip less."""
@@ -84,7 +100,12 @@ class Threads:
         if check_first and idempotency and (seen := await self._seen(idempotency)) is not None:
             return seen
         opening = UserMessage(
-            text=message, channel=channel, author=author, ref=ref, subject=subject
+            text=message,
+            channel=channel,
+            author=author,
+            ref=ref,
+            subject=subject,
+            verified=verified,
         )
         thread_id = str(uuid.uuid4())
 
@@ -123,24 +144,103 @@ class Threads:
         thread_id: str,
         *,
         approved: bool,
+        principal: Principal,
         comment: str | None = None,
-        author: str | None = None,
-        channel: Channel = "api",
         idempotency: Idempotency | None = None,
         request_seq: int | None = None,
+        digest: str | None = None,
+        ref: str | None = None,
     ) -> dict[str, Any]:
-        """Decide the pending approval; ``request_seq`` names the request a button was for,
-        so a click on an old request's button cannot decide a newer one."""
+        """Decide the pending approval, as ``principal`` (whom a channel proved).
 
-        def build(record: ThreadRecord, state: core.ThreadState) -> Event:
-            pending = state.waiting.request_seq if state.waiting else None
-            if state.status != "awaiting_approval" or request_seq not in (None, pending):
-                raise NotAwaiting(thread_id, state.status, "an approval")
-            return HumanResponse(
-                kind="approval", approved=approved, comment=comment, author=author, channel=channel
-            )
+        The decision counts only if the agent's policy lets ``principal`` decide this call;
+        ``request_seq`` names the request a button, link or reply was for, and ``digest`` the
+        arguments the person saw, so an answer to an older request, or to other arguments,
+        cannot decide this one. Raises NotAwaiting, NotAllowed."""
+        return await self._decide(
+            thread_id,
+            "approval",
+            principal,
+            approved=approved,
+            comment=comment,
+            idempotency=idempotency,
+            request_seq=request_seq,
+            digest=digest,
+            ref=ref,
+        )
 
-        return await self._respond(thread_id, build, author, idempotency)
+    async def cancel(
+        self,
+        thread_id: str,
+        *,
+        principal: Principal,
+        comment: str | None = None,
+        idempotency: Idempotency | None = None,
+        request_seq: int | None = None,
+        ref: str | None = None,
+    ) -> dict[str, Any]:
+        """Withdraw the pending approval: by the person who asked, or someone who may decide.
+        The model hears it was cancelled and goes on."""
+        return await self._decide(
+            thread_id,
+            "cancel",
+            principal,
+            approved=None,
+            comment=comment,
+            idempotency=idempotency,
+            request_seq=request_seq,
+            digest=None,
+            ref=ref,
+        )
+
+    async def _decide(
+        self,
+        thread_id: str,
+        kind: Literal["approval", "cancel"],
+        principal: Principal,
+        *,
+        approved: bool | None,
+        comment: str | None,
+        idempotency: Idempotency | None,
+        request_seq: int | None,
+        digest: str | None,
+        ref: str | None,
+    ) -> dict[str, Any]:
+        checked: dict[str, Principal] = {}
+
+        async def build(record: ThreadRecord, state: core.ThreadState) -> Event:
+            pending = state.pending
+            policy = self.policies.for_call(record.agent, pending.intent if pending else "")
+            who = checked.get(record.agent + (pending.intent if pending else ""))
+            if who is None:
+                who = await self._with_groups(principal, policy)
+                checked[record.agent + (pending.intent if pending else "")] = who
+            try:
+                return decision_event(
+                    thread_id,
+                    state,
+                    kind,
+                    who,
+                    policy,
+                    approved=approved,
+                    comment=comment,
+                    request_seq=request_seq,
+                    digest=digest,
+                    ref=ref,
+                )
+            except NotAllowed as exc:
+                log.warning("thread %s: %s by %s refused: %s", thread_id, kind, who.key, exc)
+                raise
+
+        return await self._respond(thread_id, build, principal.id, idempotency)
+
+    async def _with_groups(self, principal: Principal, policy: ApprovalPolicy) -> Principal:
+        """The principal with the policy's groups it belongs to, as its channel tells."""
+        resolver = self.groups.get(principal.channel)
+        named = policy.ids(principal.channel)
+        if resolver is None or not named or principal.key in policy.approvers:
+            return principal
+        return principal.in_groups(await resolver(principal.id, named))
 
     async def respond_text(
         self,
@@ -162,12 +262,17 @@ class Threads:
         channel: Channel = "api",
         idempotency: Idempotency | None = None,
         ref: str | None = None,
+        verified: bool | None = None,
+        reply: Reply | None = None,
     ) -> dict[str, Any]:
         """A message in the thread's conversation: an answer if one is awaited, otherwise a
-        new message, seen by the next step even if the thread is running right now."""
+        new message, seen by the next step even if the thread is running right now. While an
+        approval is pending it is stored and shown to the model after the decision.
+        ``reply``: a short answer to its author, sent with it (how to decide, say)."""
         return await self._text(
-            thread_id, text, author, channel, idempotency, any_time=True, ref=ref
-        )
+            thread_id, text, author, channel, idempotency, any_time=True, ref=ref,
+            verified=verified, reply=reply,
+        )  # fmt: skip
 
     async def _text(
         self,
@@ -179,22 +284,28 @@ class Threads:
         *,
         any_time: bool,
         ref: str | None = None,
+        verified: bool | None = None,
+        reply: Reply | None = None,
     ) -> dict[str, Any]:
-        def build(record: ThreadRecord, state: core.ThreadState) -> Event:
+        async def build(record: ThreadRecord, state: core.ThreadState) -> Event:
             if state.status == "awaiting_response":
                 return HumanResponse(
                     kind="response", text=text, author=author, channel=channel, ref=ref
                 )
-            if any_time or state.status == "done":  # a new message continues a finished turn
-                return UserMessage(text=text, author=author, channel=channel, ref=ref)
+            # A new message continues a finished turn; while an approval is pending it is
+            # kept for the model and decides nothing.
+            if any_time or state.status == "done":
+                return UserMessage(
+                    text=text, author=author, channel=channel, ref=ref, verified=verified
+                )
             raise NotAwaiting(thread_id, state.status, "a free-text response")
 
-        return await self._respond(thread_id, build, author, idempotency)
+        return await self._respond(thread_id, build, author, idempotency, reply=reply)
 
     async def retry(self, thread_id: str, *, author: str | None = None) -> dict[str, Any]:
         """Run a failed step again: after an error, or an escalation waiting on a person."""
 
-        def build(record: ThreadRecord, state: core.ThreadState) -> Event:
+        async def build(record: ThreadRecord, state: core.ThreadState) -> Event:
             if not core.failed_step(record.events, state):
                 raise NotAwaiting(thread_id, state.status, "a retry: its last step did not fail")
             return Retried(author=author)
@@ -204,14 +315,19 @@ class Threads:
     async def fork(self, thread_id: str, at_seq: int, *, agent: str | None = None) -> str:
         """A new thread with a copy of this one's events up to ``at_seq``, to try another
         prompt, agent or model from there. It talks over the API, not the original channel
-        (a fork must not post into someone's Slack thread or mailbox)."""
+        (a fork must not post into someone's Slack thread or mailbox), and it never replays a
+        side effect: a call chosen but not finished there (asked, approved, started) is left
+        out with everything after it, so the fork's next step is the model's and a gated
+        call in it needs an approval of its own."""
         record = await self.store.load(thread_id)
         if not 1 <= at_seq <= record.version:
             raise SeqOutOfRange(thread_id, at_seq, record.version)
         name = agent or record.agent
         if name not in self.agents:
             raise UnknownAgent(name, list(self.agents))
-        kept = record.events[:at_seq]
+        kept = core.fork_prefix(record.events[:at_seq])
+        if not kept:
+            raise SeqOutOfRange(thread_id, at_seq, record.version)
         state = core.project(kept)
         fork = await self.store.create_thread(
             agent=name,
@@ -227,8 +343,24 @@ class Threads:
         """The thread's agent, its pending approval if any, and the request's seq."""
         record = await self.store.load(thread_id)
         state = core.project(record.events)
-        request_seq = state.waiting.request_seq if state.pending and state.waiting else None
+        request_seq = state.pending.request_seq if state.pending else None
         return record.agent, state.pending, request_seq
+
+    def policy(self, agent: str, intent: str) -> ApprovalPolicy:
+        return self.policies.for_call(agent, intent)
+
+    async def may_decide(
+        self, thread_id: str, principal: Principal, *, cancel: bool = False
+    ) -> tuple[core.PendingApproval | None, str | None]:
+        """The pending approval, and why ``principal`` may not decide it (None: they may).
+        For a channel that wants to answer a person before it asks for a reason, say; the
+        decision itself is checked again when it is appended."""
+        agent, pending, _ = await self.pending_approval(thread_id)
+        if pending is None:
+            return None, None
+        policy = self.policies.for_call(agent, pending.intent)
+        who = await self._with_groups(principal, policy)
+        return pending, refusal(policy, who, pending.requested_by, cancel=cancel)
 
     async def get(self, thread_id: str) -> dict[str, Any]:
         record = await self.store.load(thread_id)
@@ -245,26 +377,36 @@ class Threads:
     async def _respond(
         self,
         thread_id: str,
-        build: Callable[[ThreadRecord, core.ThreadState], Event],
+        build: Callable[[ThreadRecord, core.ThreadState], Awaitable[Event]],
         author: str | None,
         idempotency: Idempotency | None,
+        *,
+        reply: Reply | None = None,
     ) -> dict[str, Any]:
         if idempotency and (seen := await self._seen(idempotency)) is not None:
             return seen
 
         def answer(tid: str, stored: list[StoredEvent]) -> dict[str, Any]:
-            return {"thread_id": tid, "status": "running", "seq": stored[-1].seq}
+            return {"thread_id": tid, "status": after.status, "seq": stored[-1].seq}
 
+        after = core.ThreadState()
         for _ in range(APPEND_ATTEMPTS):
             record = await self.store.load(thread_id)
             state = core.project(record.events)
             try:
-                event = build(record, state)
+                event = await build(record, state)
             except NotAwaiting:
                 # Perhaps because the first delivery of this very request was just applied.
                 if idempotency and (seen := await self._seen(idempotency)) is not None:
                     return seen
                 raise
+            now = utcnow()
+            after = core.apply(state, StoredEvent(record.version + 1, event, author, now))
+            if after.status == "running":
+                run_after: datetime | None = now - HUMAN_PRIORITY  # a person waits: first
+            else:  # still waiting (a message while an approval is pending): its timers stand
+                agent = self.agents.get(record.agent)
+                run_after = core.wake_at(after, agent, now) if agent else None
             messages = self.contacts.messages(
                 thread_id=thread_id,
                 agent=record.agent,
@@ -273,13 +415,23 @@ class Threads:
                 history=record.events,
                 new=[event],
             )
+            if reply is not None:
+                messages.append(
+                    self.contacts.notice(
+                        thread_id=thread_id,
+                        agent=record.agent,
+                        channel=getattr(event, "channel", "api"),
+                        seq=record.version + 1,
+                        reply=reply,
+                    )
+                )
             try:
                 stored = await self.store.append(
                     thread_id,
                     record.version,
                     [(event, author)],
-                    status="running",
-                    run_after=utcnow() - HUMAN_PRIORITY,
+                    status=after.status,
+                    run_after=run_after,
                     receipt=self._receipt(idempotency, answer),
                     messages=messages,
                     notify=True,

@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     llm_model: str = Field(description="litellm model string, e.g. openai/gpt-4o-mini")
     llm_api_base: str | None = Field(default=None, description="OpenAI-compatible base URL")
     llm_timeout: float = Field(default=60.0, gt=0, description="seconds per model call")
-    api_token: str | None = Field(default=None, description="bearer token for the HTTP API")
+    api_token: str | None = Field(default=None, description="the HTTP API's admin token")
+    api_tokens: str = Field(
+        default="", description='named, scoped, hashed tokens: [{"name", "scopes", "sha256"}]'
+    )
     public_url: str | None = Field(default=None, description="URL people reach us at")
     secret_key: str | None = Field(default=None, min_length=32, description="signing key")
     host: str = "0.0.0.0"
@@ -68,6 +71,13 @@ class Settings(BaseSettings):
     email_agents: str = Field(default="", description="refunds@example.com=refunds, …")
     email_inbound_token: str | None = Field(default=None, description="guards the inbound webhooks")
     email_unauthorized: Literal["log", "reply"] = "log"
+    email_authserv_id: str = Field(
+        default="",
+        description="the authserv-id(s) our receiving server stamps on Authentication-Results",
+    )
+    email_approve_words: str = Field(default="", description="more words that approve: ja, oui")
+    email_reject_words: str = Field(default="", description="more words that reject: nein, non")
+    email_cancel_words: str = Field(default="", description="more words that cancel")
     email_reply_token_days: Annotated[int, Field(ge=1)] = 30
     email_link_hours: Annotated[int, Field(ge=1)] = 72
     imap_host: str | None = None
@@ -165,7 +175,7 @@ class Settings(BaseSettings):
     @property
     def bind_host(self) -> str:
         """Without an API token the API is open, so it only listens on loopback."""
-        return self.host if self.api_token else "127.0.0.1"
+        return self.host if self.api_token or self.api_tokens.strip() else "127.0.0.1"
 
     @property
     def base_url(self) -> str:

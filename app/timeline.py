@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.events import (
     ActionChosen,
     ApprovalRequested,
@@ -45,8 +47,11 @@ def describe(event: Event) -> str:
             return f"waiting for approval of {event.intent}"
         case HumanResponse():
             who = f"{event.author or 'someone'} via {event.channel}"
-            if event.kind == "approval":
-                verdict = "approved" if event.approved else "rejected"
+            if event.kind in ("approval", "cancel"):
+                if event.kind == "cancel":
+                    verdict = "cancelled"
+                else:
+                    verdict = "approved" if event.approved else "rejected"
                 return f"{who}: {verdict}" + (f": {event.comment}" if event.comment else "")
             return f"{who}: {event.text}"
         case InformationRequested():
@@ -59,6 +64,20 @@ def describe(event: Event) -> str:
             return f"{event.author or 'an operator'} asked to retry the failed step"
         case DoneForNow():
             return f"done: {event.message}"
+
+
+def _evidence(evidence: dict[str, Any] | None) -> str:
+    """How a decision was proven, in a line: principal, channel proof, verdicts, digest."""
+    if not evidence:
+        return "no evidence recorded"
+    parts = [str(evidence.get("principal", "?")), f"by {evidence.get('via', '?')}"]
+    details = evidence.get("details") or {}
+    parts += [f"{k}={v}" for k, v in details.items() if k not in ("message_id",)]
+    if evidence.get("groups"):
+        parts.append("groups=" + ",".join(evidence["groups"]))
+    if evidence.get("digest"):
+        parts.append(f"args {str(evidence['digest'])[:12]}")
+    return "; ".join(parts)
 
 
 def _dollars(amount: float | None) -> str:
@@ -95,6 +114,8 @@ def format_timeline(record: ThreadRecord, outbox: list[OutboxRow] | None = None)
             f"{stored.seq:>4}  {stored.created_at:%H:%M:%S}  {ev.type:21}  {tokens:>11}  "
             f"{cost:>9}  {latency:>9}  {_one_line(describe(ev))}"
         )
+        if isinstance(ev, HumanResponse) and ev.kind != "response":
+            lines.append(f"{'':>77}evidence: {_evidence(ev.evidence)}")
     calls = sum(models.values())
     used = ", ".join(f"{name} x{n}" for name, n in models.items())
     lines += [

@@ -40,15 +40,16 @@ from app.llm import LLM, LiteLLM
 from app.metrics import CONTENT_TYPE_LATEST, HTTP_SECONDS, exposition
 from app.notify import PgListener, asyncpg_dsn
 from app.plugins import load_object
+from app.policy import Policies, read_policies
 from app.service import Threads
 from app.settings import Settings
 from app.store import Store
 from app.store.outbox import Outbox
 from app.store.store import ANSWERED, OUTBOX, RUNNABLE
+from app.tokens import ApiTokens, read_tokens
 from app.worker import Worker
 from channels import http_api
 from channels.email import web as email_web
-from channels.email.config import read_email_approvers
 from channels.email.imap import ImapFetcher
 from channels.email.inbound import EmailInbound
 from channels.email.outbound import EmailSender
@@ -110,6 +111,7 @@ class Runtime:
     http: httpx.AsyncClient
     engine: Engine
     threads: Threads
+    api_tokens: ApiTokens
     worker: Worker | None = None
     dispatcher: Dispatcher | None = None
     slack: AsyncApp | None = None
@@ -145,12 +147,28 @@ class Outbound:
     slack_client: AsyncWebClient | None = None
     slack_agents: dict[str, SlackAgentConfig] = field(default_factory=dict)
     email: EmailSender | None = None
-    email_approvers: dict[str, list[str]] = field(default_factory=dict)
     email_links: LinkSigner | None = None
 
 
+def _warn_open_policies(agents: Mapping[str, Agent], policies: Policies) -> None:
+    for agent in agents.values():
+        for tool in agent.tools:
+            if tool.gated and policies.for_call(agent.name, tool.intent).open:
+                log.warning(
+                    "%s.%s: no approvers are configured, so anyone who sees a request may "
+                    "decide it: set %s_SLACK_APPROVERS, _EMAIL_APPROVERS or _API_APPROVERS",
+                    agent.name,
+                    tool.intent,
+                    agent.name.upper().replace("-", "_"),
+                )
+
+
 def outbound(
-    settings: Settings, agents: Mapping[str, Agent], http: httpx.AsyncClient, outbox: Outbox
+    settings: Settings,
+    agents: Mapping[str, Agent],
+    http: httpx.AsyncClient,
+    outbox: Outbox,
+    policies: Policies,
 ) -> Outbound:
     out = Outbound()
     if settings.api_webhook_url is not None:
@@ -169,16 +187,14 @@ def outbound(
         for name, cfg in out.slack_agents.items():
             if cfg.approval_channel:
                 out.approval_routes.setdefault(name, []).append("slack")
-        out.senders["slack"] = SlackSender(out.slack_client, outbox, out.slack_agents)
+        out.senders["slack"] = SlackSender(out.slack_client, outbox, out.slack_agents, policies)
     if settings.email_enabled:
-        out.email_approvers = read_email_approvers(agents.values())
         out.email_links = LinkSigner(settings.signing_key, settings.email_link_hours * 3600)
-        out.email = EmailSender(
-            settings, make_environment(), outbox, out.email_approvers, out.email_links
-        )
+        out.email = EmailSender(settings, make_environment(), outbox, out.email_links)
         out.routes["email"] = "email"
-        for name in out.email_approvers:
-            out.approval_routes.setdefault(name, []).append("email")
+        for name in agents:
+            if policies.everyone(name, "email"):
+                out.approval_routes.setdefault(name, []).append("email")
         out.senders["email"] = out.email
     return out
 
@@ -200,8 +216,12 @@ async def runtime(
     renderer = ContextRenderer(
         make_environment(), settings.llm_model, settings.context_token_budget
     )
-    out = outbound(settings, agents, http, outbox)
-    contacts = Contacts(out.routes, settings.base_url, out.approval_routes)
+    tokens = read_tokens(settings.api_token, settings.api_tokens)
+    policies = read_policies((a.name, [t.intent for t in a.tools]) for a in agents.values())
+    policies = policies.with_api_approvers(tokens.approvers(agents))
+    _warn_open_policies(agents, policies)
+    out = outbound(settings, agents, http, outbox, policies)
+    contacts = Contacts(out.routes, settings.base_url, out.approval_routes, policies)
     engine_config = engine_config or EngineConfig(
         step_cap=settings.step_cap,
         tool_timeout=settings.tool_timeout,
@@ -214,8 +234,9 @@ async def runtime(
         default_agent=settings.default_agent,
         base_url=settings.base_url,
         contacts=contacts,
+        policies=policies,
     )
-    rt = Runtime(settings, store, outbox, http, engine, threads)
+    rt = Runtime(settings, store, outbox, http, engine, threads, tokens)
     rt.slack_client = out.slack_client
     if out.slack_client is not None:
         assert settings.slack_signing_secret and settings.slack_bot_token
@@ -225,11 +246,13 @@ async def runtime(
             out.slack_agents,
             settings.channel_agents,
             signing_secret=settings.slack_signing_secret,
+            outbox=outbox,
         )
+        threads.groups["slack"] = inbound.member_of
         rt.slack_inbound = inbound
         rt.slack = build_slack_app(inbound, out.slack_client, settings.slack_signing_secret)
     if out.email is not None:
-        rt.email = EmailInbound(threads, settings, out.email_approvers, out.email)
+        rt.email = EmailInbound(threads, settings, out.email, outbox)
         rt.email_links = out.email_links
     if with_worker:
         lease = timedelta(seconds=settings.worker_lease)
@@ -363,6 +386,7 @@ def create_app(
         async with runtime(settings, llm=llm, agents=agents, with_worker=with_worker) as rt:
             app.state.runtime = rt
             app.state.threads = rt.threads
+            app.state.api_tokens = rt.api_tokens
             app.state.slack = rt.slack and AsyncSlackRequestHandler(rt.slack)
             # What start-up made (modules, schemas, templates) lives as long as the process:
             # keep it out of the collector's sight, so that a full collection does not walk
@@ -387,6 +411,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.api_tokens = read_tokens(settings.api_token, settings.api_tokens)
     app.state.slack = app.state.email = app.state.email_links = None
     app.add_middleware(RequestMetrics, routes=app.router.routes)
     http_api.install(app)

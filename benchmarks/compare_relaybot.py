@@ -27,6 +27,7 @@ from app.agent import Action, Agent, Tool, ToolContext
 from app.context import make_environment
 from app.engine import Engine, EngineConfig
 from app.llm import LLM, LiteLLM, LLMReply
+from app.policy import Principal
 from app.service import Threads
 from app.settings import Settings, load_settings
 from app.store.migrate import upgrade
@@ -56,6 +57,8 @@ AGENT_SPEC = "benchmarks.compare_relaybot:comparebot"
 FACTORY_SPEC = "benchmarks.compare_relaybot:scripted_llm"
 MODEL = "openai/test-model"
 TOKEN_BUDGET = 8000  # Settings' default
+
+BENCH = Principal("operator", "bench", "benchmark")  # who approves in the runs
 
 
 class Deploy(Action):
@@ -166,7 +169,7 @@ async def engine_run(
                     await engine.run(tid)
                     t1 = time.perf_counter()
                     gaps = llm.calls[first:]
-                    await service.respond_approval(tid, approved=True)
+                    await service.respond_approval(tid, approved=True, principal=BENCH)
                     await engine.run(tid)
                     wall = time.perf_counter() - t1 + (t1 - t0)
                     cpu = time.process_time() - cpu
@@ -286,7 +289,7 @@ async def load_run(
                 idle = await probes(args.probes)
                 for key, tid in idle.items():
                     sent = time.monotonic()
-                    await threads.respond_approval(tid, approved=True)
+                    await threads.respond_approval(tid, approved=True, principal=BENCH)
                     arrived = (await arrivals.wait_for([key]))[key]
                     run.idle_ms.append((arrived - sent) * 1000)
                     await asyncio.sleep(args.spacing)
@@ -304,7 +307,7 @@ async def load_run(
                 sent_at: dict[str, float] = {}
                 for key, tid in loaded.items():
                     sent_at[key] = time.monotonic()
-                    await threads.respond_approval(tid, approved=True)
+                    await threads.respond_approval(tid, approved=True, principal=BENCH)
                     await asyncio.sleep(args.spacing)
                 arrived_at = await arrivals.wait_for(list(loaded), 600)
                 await watcher

@@ -1,4 +1,6 @@
-"""Outbound webhook: contacts of API threads are POSTed as JSON to ``API_WEBHOOK_URL``.
+"""Outbound webhook: contacts of API threads are POSTed as JSON to ``API_WEBHOOK_URL``: the
+contact (``kind``, ``audience``, ``request``, …; see ``app/contact.py``) with the event it tells
+of as ``type`` and ``data``.
 
 Each delivery carries ``X-Relaybot-Delivery`` (the outbox row id: receivers deduplicate by
 it, since delivery is at least once) and ``X-Relaybot-Signature: sha256=<hex>``, an HMAC of
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from typing import Any
 
 import httpx
 
@@ -39,8 +42,13 @@ class WebhookSender:
         self.http = http
 
     async def send(self, row: OutboxRow) -> str | None:
+        # The contact as stored, with the event it tells of at the top level too (``type``
+        # and ``data``, the shape receivers had before contacts were typed).
+        found = row.payload.get("event")
+        event: dict[str, Any] = found if isinstance(found, dict) else {}
         body = json.dumps(
-            {**row.payload, "seq": row.seq, "delivery_id": row.id}, separators=(",", ":")
+            {**event, **row.payload, "seq": row.seq, "delivery_id": row.id},
+            separators=(",", ":"),
         ).encode()
         headers = {
             "content-type": "application/json",

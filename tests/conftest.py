@@ -33,6 +33,7 @@ from app.web import create_app
 from tests.fakes.http_sink import HttpSink
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.mail_servers import dovecot, smtp_sink  # noqa: F401  (fixtures)
+from tests.fakes.slack_api import FakeSlackAPI
 
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("outbox", "inbound_receipts", "events", "threads", "orders")
@@ -116,6 +117,13 @@ async def deploy_hook() -> AsyncIterator[HttpSink]:
     sink = await HttpSink().start()
     yield sink
     await sink.stop()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlackAPI]:
+    api = await FakeSlackAPI().start()
+    yield api
+    await api.stop()
 
 
 @pytest.fixture(scope="session")

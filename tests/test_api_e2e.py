@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.events import arguments_digest
 from tests.conftest import Service, deploybot_agents, make_settings, serve
 from tests.fakes.http_sink import HttpSink
 from tests.fakes.llm_server import Fail, FakeLLMServer, Raw, act
@@ -59,6 +60,8 @@ async def test_approve_flow_deploys_exactly_once(
         "intent": "deploy_backend",
         "arguments": {"tag": "v1.2.0"},
         "action_seq": 4,
+        "requested_by": "api:anonymous",
+        "digest": arguments_digest("deploy_backend", {"tag": "v1.2.0"}),
     }
     assert deploy_hook.calls == []  # nothing runs before a person approves
     # The model saw the tags it listed.

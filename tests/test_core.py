@@ -20,6 +20,7 @@ from app.events import (
     ToolResult,
     ToolStarted,
     UserMessage,
+    arguments_digest,
 )
 
 AGENT: Agent = deploybot.build(deploybot.DeploybotSettings())
@@ -144,8 +145,14 @@ def test_step_cap_escalates_until_a_person_speaks() -> None:
 
 def test_consequences_of_each_kind_of_action() -> None:
     assert core.consequences(2, TAGS, AGENT) == []
-    assert core.consequences(2, DEPLOY, AGENT) == [
-        ApprovalRequested(intent="deploy_backend", arguments={"tag": "v1"}, action_seq=2)
+    assert core.consequences(2, DEPLOY, AGENT, "slack:UALICE") == [
+        ApprovalRequested(
+            intent="deploy_backend",
+            arguments={"tag": "v1"},
+            action_seq=2,
+            requested_by="slack:UALICE",
+            digest=arguments_digest("deploy_backend", {"tag": "v1"}),
+        )
     ]
     ask = {"intent": "request_more_information", "message": "which?"}
     assert core.consequences(2, ask, AGENT) == [InformationRequested(question="which?")]

@@ -16,12 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "deploy.md"
 
 
-# Read per agent (and tool) by channels/slack/config.py.
+# Read per agent (and tool) by app/policy.py and channels/slack/config.py.
 PER_AGENT = {
     "<AGENT>_SLACK_APPROVERS",
     "<AGENT>_<TOOL>_SLACK_APPROVERS",
     "<AGENT>_SLACK_APPROVAL_CHANNEL",
     "<AGENT>_EMAIL_APPROVERS",
+    "<AGENT>_<TOOL>_EMAIL_APPROVERS",
+    "<AGENT>_API_APPROVERS",
+    "<AGENT>_<TOOL>_API_APPROVERS",
+    "<AGENT>_FOUR_EYES",
+    "<AGENT>_<TOOL>_FOUR_EYES",
 }
 
 
@@ -52,7 +57,9 @@ def test_the_local_stack_sets_only_real_settings() -> None:
     services = compose["services"]
     assert {"postgres", "web", "worker", "mail"} <= set(services)
     known = settings_read()
-    per_agent = re.compile(r"^(DEPLOYBOT|REFUNDS)_(\w+_)?(SLACK_APPROVERS|EMAIL_APPROVERS)$")
+    per_agent = re.compile(
+        r"^(DEPLOYBOT|REFUNDS)_(\w+_)?(SLACK_APPROVERS|EMAIL_APPROVERS|API_APPROVERS|FOUR_EYES)$"
+    )
     provider_keys = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}  # read by litellm itself
     for name in ("web", "worker"):
         env = services[name]["environment"]
@@ -62,16 +69,24 @@ def test_the_local_stack_sets_only_real_settings() -> None:
     assert services["worker"]["command"][:2] == ["relaybot", "worker"]
 
 
-def test_per_agent_slack_settings_are_the_ones_read() -> None:
+def test_per_agent_approval_settings_are_the_ones_read() -> None:
     from agents import deploybot
+    from app.policy import read_policies
     from channels.slack.config import read_agent_configs
 
     env = {
         "DEPLOYBOT_SLACK_APPROVERS": "U1, S2",
+        "DEPLOYBOT_EMAIL_APPROVERS": "Ops@Example.com",
         "DEPLOYBOT_DEPLOY_BACKEND_SLACK_APPROVERS": "U3",
+        "DEPLOYBOT_DEPLOY_BACKEND_FOUR_EYES": "true",
+        "DEPLOYBOT_API_APPROVERS": "console",
         "DEPLOYBOT_SLACK_APPROVAL_CHANNEL": "C9",
     }
-    config = read_agent_configs([deploybot.build()], env)["deploybot"]
-    assert config.may_decide("deploy_backend") == {"U3"}
-    assert config.may_decide("deploy_frontend") == {"U1", "S2"}
-    assert config.approval_channel == "C9"
+    agent = deploybot.build()
+    policies = read_policies([(agent.name, [t.intent for t in agent.tools])], env)
+    backend = policies.for_call("deploybot", "deploy_backend")
+    assert backend.ids("slack") == {"U3"} and backend.four_eyes
+    assert backend.ids("email") == {"ops@example.com"} and backend.ids("api") == {"console"}
+    frontend = policies.for_call("deploybot", "deploy_frontend")
+    assert frontend.ids("slack") == {"U1", "S2"} and not frontend.four_eyes
+    assert read_agent_configs([agent], env)["deploybot"].approval_channel == "C9"

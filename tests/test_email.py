@@ -82,13 +82,6 @@ def refund_agents(payments: HttpSink) -> dict[str, Agent]:
     }
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlackAPI]:
-    api = await FakeSlackAPI().start()
-    yield api
-    await api.stop()
-
-
 def email_settings(
     database_url: str, llm: FakeLLMServer, smtp_port: int, dovecot: Any = None, **extra: Any
 ) -> Any:
@@ -104,7 +97,7 @@ def email_settings(
         database_url,
         llm,
         secret_key="e" * 32,
-        email_from=BOT,
+        email_from=extra.pop("email_from", BOT),
         smtp_host="127.0.0.1",
         smtp_port=smtp_port,
         smtp_security="none",
@@ -160,7 +153,9 @@ async def test_refund_by_email_approved_in_slack_answered_in_the_thread(
     assert msg["Subject"] == "Re: Refund for A-1002"
     assert msg["In-Reply-To"] == "<ana-1@example.net>"
     assert msg["References"] == "<ana-1@example.net>"
-    assert re.fullmatch(r"<[0-9a-f-]{36}\.\d+\.email@relay\.test>", msg["Message-ID"])
+    assert re.fullmatch(
+        r"<[0-9a-f-]{36}\.\d+\.[a-z0-9]{16}@relay\.test>", msg["Message-ID"].strip()
+    )
     assert msg["Reply-To"].startswith("bot+") and msg["Reply-To"].endswith("@relay.test")
     text = msg.get_body(preferencelist=("plain",)).get_content()
     assert "refund of 149.00 EUR" in text
@@ -240,7 +235,7 @@ async def test_approval_email_then_a_reply_over_imap_resumes_the_thread(
     tid, request = await approval_mail(mail_svc, smtp_sink)
     assert request["To"] == "ops@relay.test"
     assert request["Subject"] == "Approval needed: deploy_backend (deploybot)"
-    assert request["Message-ID"].startswith(f"<{tid}.")
+    assert request["Message-ID"].strip().startswith(f"<{tid}.")
     token = request["Reply-To"].split("+", 1)[1].split("@")[0]
     assert len(f"bot+{token}") <= 64
     text = request.get_body(("plain",)).get_content()
@@ -253,11 +248,20 @@ async def test_approval_email_then_a_reply_over_imap_resumes_the_thread(
     )
     thread = await mail_svc.wait_for(tid, "done")
     decision = next(e for e in thread["events"] if e["type"] == "human_response")
+    request_event = next(e for e in thread["events"] if e["type"] == "approval_requested")
     assert decision["data"] == {
         "kind": "approval",
         "approved": True,
         "author": "ops@relay.test",
         "channel": "email",
+        "ref": "<ops-1@relay.test>",
+        "request_seq": request_event["seq"],
+        "evidence": {  # who decided, how it was proven, and exactly what
+            "principal": "email:ops@relay.test",
+            "via": "reply token",
+            "details": {"message_id": "<ops-1@relay.test>", "verdict": "none"},
+            "digest": request_event["data"]["digest"],
+        },
     }
     assert [c["tag"] for c in deploy_hook.calls] == ["v1.2.0"]
     # Processed mail is flagged, so a restart does not read it again.

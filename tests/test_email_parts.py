@@ -8,7 +8,6 @@ from email.message import EmailMessage
 
 import pytest
 
-from channels.email.inbound import decision
 from channels.email.parse import parse
 from channels.email.tokens import (
     LinkSigner,
@@ -55,23 +54,6 @@ def test_links_are_signed_and_expire() -> None:
     assert err.value.reason == "expired"
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Approve", (True, None)),
-        ("yes, go ahead\n", (True, "go ahead")),
-        ("Approve\n\nThanks, Ops", (True, None)),
-        ("LGTM!", (True, None)),
-        ("Reject: not during the freeze", (False, "not during the freeze")),
-        ("no\nThe tag is wrong.", (False, "The tag is wrong.")),
-        ("Which tag is that?", None),
-        ("", None),
-    ],
-)
-def test_first_line_decides(text: str, expected: tuple[bool, str | None] | None) -> None:
-    assert decision(text) == expected
-
-
 def message(**headers: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = headers.pop("From", "Bob <Bob@Example.com>")
@@ -93,7 +75,7 @@ def test_a_reply_loses_its_quoted_history_and_signature() -> None:
         "> Approval needed: deploy_backend\n> Reply approve or reject.\n"
     )
     mail = parse(bytes(msg))
-    assert mail.text == "Reject: the tag is wrong"
+    assert mail.text == "Reject: the tag is wrong\n\nThanks,\nBob"  # the sign-off is theirs
     assert mail.sender == "bob@example.com" and mail.recipients == ["bot@example.com"]
     assert mail.earlier == ["<t.5.email@example.com>", "<t.5.email@example.com>", "<root@x>"]
     assert mail.message_id == "<reply-1@example.com>" and not mail.auth_failed

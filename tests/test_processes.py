@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import pytest
 
+from app.policy import Principal
 from app.store.outbox import Outbox
 from app.web import Runtime, runtime
 from tests.conftest import deploybot_agents, eventually, make_settings
@@ -203,7 +204,9 @@ async def play_the_human(rt: Runtime, deploy: HttpSink, stop: asyncio.Event) -> 
     said: Counter[str] = Counter()
     while not stop.is_set():
         for summary in await rt.store.list_threads(status="awaiting_approval", limit=1000):
-            await rt.threads.respond_approval(summary.id, approved=True, author="ops")
+            await rt.threads.respond_approval(
+                summary.id, approved=True, principal=Principal("operator", "ops", "test")
+            )
             said["approved"] += 1
         for summary in await rt.store.list_threads(status="awaiting_response", limit=1000):
             deployed = any(c["thread_id"] == summary.id for c in deploy.calls)

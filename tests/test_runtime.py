@@ -13,6 +13,7 @@ import pytest
 
 from app.agent import Agent, TimerPolicy
 from app.engine import Engine
+from app.policy import Principal
 from app.web import Runtime, runtime
 from tests.conftest import deploybot_agents, eventually, make_settings
 from tests.fakes.http_sink import HttpSink
@@ -159,7 +160,10 @@ async def test_timers_fire_once_after_a_restart(
         ("human_response", "approval"),
         ("done_for_now", None),
     ]
-    assert hook.calls[1]["request"]["data"]["intent"] == "deploy_backend"
+    assert hook.calls[1]["request"]["intent"] == "deploy_backend"
+    assert [c["kind"] for c in hook.calls] == [
+        "approval_request", "reminder", "reminder", "decided", "result"
+    ]  # fmt: skip
 
 
 async def test_a_timer_is_not_early(
@@ -213,7 +217,9 @@ async def test_shutdown_mid_tool_then_restart_asks_a_person(
         async with runtime(settings, agents=agents) as rt:
             tid = (await rt.threads.launch("deploy"))["thread_id"]
             await eventually(lambda: _all(rt, [tid], "awaiting_approval"))
-            await rt.threads.respond_approval(tid, approved=True, author="ann")
+            await rt.threads.respond_approval(
+                tid, approved=True, principal=Principal("operator", "ann", "test")
+            )
             await asyncio.wait_for(hook.received.wait(), 5)
         # Shut down within the grace period, mid-deploy. Restart:
         async with runtime(settings, agents=agents) as rt:
@@ -290,7 +296,9 @@ async def test_a_deploy_with_no_answer_is_not_reported_as_failed(
         async with runtime(settings, agents=agents) as rt:
             tid = (await rt.threads.launch("deploy"))["thread_id"]
             await eventually(lambda: _all(rt, [tid], "awaiting_approval"))
-            await rt.threads.respond_approval(tid, approved=True, author="ann")
+            await rt.threads.respond_approval(
+                tid, approved=True, principal=Principal("operator", "ann", "test")
+            )
             await eventually(lambda: _all(rt, [tid], "awaiting_response"))
             record = await rt.store.load(tid)
     finally:
@@ -332,7 +340,9 @@ async def test_the_others_wait_while_an_answered_thread_takes_its_step(
             await eventually(lambda: _all(rt, [asking], "awaiting_approval"))
             busy = (await rt.threads.launch("busy work"))["thread_id"]
             await eventually(lambda: _requests_containing(llm_server, "busy work"))
-            await rt.threads.respond_approval(asking, approved=True, author="ann")
+            await rt.threads.respond_approval(
+                asking, approved=True, principal=Principal("operator", "ann", "test")
+            )
             answered_at = len(order)
             await eventually(lambda: _all(rt, [asking], "done"), within=5)
             await eventually(lambda: _all(rt, [busy], "done"), within=10)

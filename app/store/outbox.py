@@ -91,6 +91,18 @@ class Outbox:
             )
         return None if row is None else row.provider_ref
 
+    async def payload_of(self, thread_id: str, seq: int, channel: str) -> dict[str, Any] | None:
+        """The contact an earlier outbox row holds (whatever became of it), or None."""
+        async with self.engine.connect() as conn:
+            payload = await conn.scalar(
+                select(outbox.c.payload).where(
+                    outbox.c.thread_id == thread_id,
+                    outbox.c.seq == seq,
+                    outbox.c.channel == channel,
+                )
+            )
+        return payload if isinstance(payload, dict) else None
+
     async def retry(self, row_id: int) -> bool:
         """Give a dead row another round of attempts."""
         async with self.engine.begin() as conn:

@@ -1,8 +1,10 @@
 """Reading an inbound message: who, to whom, what it answers, and the new text only.
 
-Quoted history and signatures are removed by mail-parser-reply; HTML-only mail is turned into
-text by html2text; every charset the message declares is decoded; attachments are listed by
-name, type and size but their content is not kept.
+Quoted history, signatures and banner lines are removed (``channels/email/reply.py``);
+HTML-only mail is turned into text by html2text; every charset the message declares is
+decoded; attachments are listed by name, type and size but their content is not kept.
+Whether the sender is who they say is read from the ``Authentication-Results`` headers later
+(``channels/email/auth.py``), which are kept as they came.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from email.message import EmailMessage, MIMEPart
 from email.utils import getaddresses, parseaddr
 
 import html2text
-from mailparser_reply import EmailReplyParser
+
+from channels.email.auth import check_sender
+from channels.email.reply import reply_text
 
 MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 
@@ -36,8 +40,16 @@ class InboundMail:
     in_reply_to: list[str]
     references: list[str]
     text: str  # the new text: no quoted history, no signature
+    body: str = ""  # the whole body, as text: what a new thread's first mail says
     attachments: list[Attachment] = field(default_factory=list)
-    auth_failed: bool = False  # Authentication-Results says DKIM, SPF or DMARC failed
+    auth_results: list[str] = field(default_factory=list)  # Authentication-Results, top first
+    thread_index: str | None = None  # Outlook's Thread-Index
+
+    @property
+    def auth_failed(self) -> bool:
+        """Some Authentication-Results header reports a failure (a sender forging one only
+        hurts themselves)."""
+        return check_sender(self.auth_results, self.sender).verdict == "fail"
 
     @property
     def earlier(self) -> list[str]:
@@ -45,12 +57,11 @@ class InboundMail:
         return [*self.in_reply_to, *reversed(self.references)]
 
 
-def parse(raw: bytes, *, languages: tuple[str, ...] = ("en", "de", "fr", "es")) -> InboundMail:
+def parse(raw: bytes) -> InboundMail:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
     body = _body_text(msg)
-    reply = EmailReplyParser(languages=list(languages)).read(text=body)
-    text = (reply.replies[0].body if reply.replies else body).strip() or body.strip()
+    text = reply_text(body)
     recipients = [
         addr.lower()
         for _, addr in getaddresses(
@@ -66,8 +77,10 @@ def parse(raw: bytes, *, languages: tuple[str, ...] = ("en", "de", "fr", "es")) 
         in_reply_to=MESSAGE_ID.findall(str(msg.get("in-reply-to", ""))),
         references=MESSAGE_ID.findall(str(msg.get("references", ""))),
         text=text,
+        body=body.strip(),
         attachments=_attachments(msg),
-        auth_failed=_auth_failed(msg),
+        auth_results=[str(v) for v in msg.get_all("authentication-results", [])],
+        thread_index=str(msg.get("thread-index", "")).strip() or None,
     )
 
 
@@ -113,8 +126,3 @@ def _attachments(msg: EmailMessage) -> list[Attachment]:
             length = (length - breaks) * 3 // 4
         found.append(Attachment(part.get_filename() or "unnamed", part.get_content_type(), length))
     return found
-
-
-def _auth_failed(msg: EmailMessage) -> bool:
-    results = " ".join(str(v) for v in msg.get_all("authentication-results", [])).lower()
-    return any(f"{check}=fail" in results for check in ("dkim", "spf", "dmarc"))

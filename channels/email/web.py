@@ -15,7 +15,8 @@ import jinja2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from app.errors import NotAwaiting, ThreadNotFound
+from app.errors import NotAllowed, NotAwaiting, ThreadNotFound
+from app.policy import Principal
 from app.service import Idempotency
 from channels.email.inbound import EmailInbound
 from channels.email.tokens import LinkSigner, TokenError
@@ -123,18 +124,20 @@ def install(app: FastAPI, env: jinja2.Environment) -> None:
         reason = (form.get("reason") or [""])[0].strip() or None
         key = hashlib.sha256(token.encode()).hexdigest()
         idem = Idempotency.of("email", "link", key, {})
+        who = Principal("link", "email link", "signed link", {"sent_to": link.get("r") or []})
         try:
             await handler.threads.respond_approval(
                 link["t"],
                 approved=link["d"] == "approve",
+                principal=who,
                 comment=reason,
-                author="email link",
-                channel="email",
                 idempotency=idem,
                 request_seq=link["s"],
             )
         except (NotAwaiting, ThreadNotFound):
             return _done(page, "Already decided", "This request was already decided.", 409)
+        except NotAllowed as exc:
+            return _done(page, "Not allowed", f"This link cannot decide: {exc.reason}.", 403)
         verdict = "Approved" if link["d"] == "approve" else "Rejected"
         return _done(page, verdict, "Thank you: the agent carries on.", 200)
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from channels.slack.text import SECTION_LIMIT, mrkdwn, split
 
-APPROVE, REJECT, REJECT_VIEW = "relaybot_approve", "relaybot_reject", "relaybot_reject_reason"
+APPROVE, REJECT, CANCEL = "relaybot_approve", "relaybot_reject", "relaybot_cancel"
+REJECT_VIEW = "relaybot_reject_reason"
 REASON_BLOCK, REASON_INPUT = "reason", "reason_input"
 
 
@@ -17,7 +18,10 @@ def button_value(thread_id: str, request_seq: int) -> str:
 
 
 def parse_button_value(value: str) -> tuple[str, int]:
+    """(thread id, request seq); ValueError for anything that is not a value of ours."""
     data = json.loads(value)
+    if not isinstance(data, dict) or not isinstance(data.get("s"), int):
+        raise ValueError("not a relaybot button value")
     return str(data["t"]), int(data["s"])
 
 
@@ -65,6 +69,12 @@ def approval_request(
                 "value": value,
                 "text": {"type": "plain_text", "text": "Reject"},
             },
+            {
+                "type": "button",
+                "action_id": CANCEL,
+                "value": value,
+                "text": {"type": "plain_text", "text": "Cancel request"},
+            },
         ],
     }
     text = f"Approval needed: {intent} {json.dumps(arguments)}"
@@ -80,19 +90,23 @@ def approval_decided(
     by: str | None,
     comment: str | None,
     at: datetime,
+    cancelled: bool = False,
 ) -> tuple[str, list[dict[str, Any]]]:
     if by == "timer":
         outcome = f":hourglass: *Rejected automatically*: {comment}"
     else:
         who = f"<@{by}>" if by and by.startswith(("U", "W")) else (by or "someone")
-        verdict = ":white_check_mark: *Approved*" if approved else ":x: *Rejected*"
+        if cancelled:
+            verdict = ":no_entry_sign: *Cancelled*"
+        else:
+            verdict = ":white_check_mark: *Approved*" if approved else ":x: *Rejected*"
         outcome = f"{verdict} by {who}" + (f": {mrkdwn(comment)}" if comment else "")
     stamp = f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{at:%Y-%m-%d %H:%M} UTC>"
     outcome_block = {
         "type": "context",
         "elements": [{"type": "mrkdwn", "text": f"{outcome} · {stamp}"}],
     }
-    verdict_text = "approved" if approved else "rejected"
+    verdict_text = "cancelled" if cancelled else "approved" if approved else "rejected"
     return f"{intent} {verdict_text}", [*_request_sections(intent, arguments, why), outcome_block]
 
 

@@ -12,9 +12,11 @@ handles interactivity and the slash command (form bodies), and everything in Soc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,14 +25,17 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from app.errors import NotAwaiting, ThreadNotFound
+from app.errors import NotAllowed, NotAwaiting, SendFailed, ThreadNotFound
+from app.policy import Principal
 from app.service import Idempotency, Threads
 from app.store import ChannelKeyTaken
+from app.store.outbox import Outbox
 from channels.slack import blocks
 from channels.slack.config import SlackAgentConfig
 
 log = logging.getLogger(__name__)
 
+GROUP_TTL = 30.0
 MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
 # Message subtypes that are people talking; edits, joins and bot posts are not.
 SPOKEN = {None, "thread_broadcast", "file_share", "me_message"}
@@ -44,13 +49,16 @@ class SlackInbound:
         agents: Mapping[str, SlackAgentConfig],
         channel_agents: Mapping[str, str],
         signing_secret: str = "",
+        outbox: Outbox | None = None,
     ) -> None:
         self.threads = threads
+        self.outbox = outbox or Outbox(threads.store.engine)
         self.client = client
         self.agents = agents
         self.channel_agents = channel_agents
         self.verifier = SignatureVerifier(signing_secret)
         self._bot_user_id: str | None = None
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # group -> (when, members)
 
     # -- the Events API over HTTP -----------------------------------------------------------
 
@@ -154,88 +162,137 @@ class SlackInbound:
 
     # -- approvals ------------------------------------------------------------------------
 
-    async def on_decision(self, body: dict[str, Any], *, approved: bool) -> None:
-        action = body["actions"][0]
-        thread_id, seq = blocks.parse_button_value(action["value"])
-        user = body["user"]["id"]
-        channel = body["channel"]["id"]
-        thread_ts = body.get("message", {}).get("thread_ts")
-        if not await self._may_decide(thread_id, user, channel, thread_ts):
+    async def on_decision(self, body: dict[str, Any], *, verdict: str) -> None:
+        """A click on Approve, Reject or Cancel. It counts only on the request's own message
+        (the channel and ts its outbox row recorded) and from someone the policy allows;
+        Reject first asks for a reason in a modal."""
+        click = _click(body)
+        if click is None:
+            log.warning("slack: a click without a usable button value or place: ignored")
             return
-        if approved:
-            await self._decide(thread_id, seq, user, channel, thread_ts, True, None)
+        thread_id, seq, user, channel, message_ts, thread_ts = click
+        who = self._principal(body, user, channel, message_ts)
+        if not await self._asked_here(thread_id, seq, channel, message_ts):
+            await self._ephemeral(channel, user, thread_ts, "This button is not for a request.")
             return
-        _, pending, request_seq = await self.threads.pending_approval(thread_id)
-        if pending is None or request_seq != seq:
+        try:
+            pending, why = await self.threads.may_decide(thread_id, who, cancel=verdict == "cancel")
+        except ThreadNotFound:
+            return
+        if pending is None or pending.request_seq != seq:
             await self._ephemeral(channel, user, thread_ts, "This request was already decided.")
             return
-        view = blocks.reject_modal(
-            thread_id, seq, pending.intent, channel, body.get("message", {}).get("ts", "")
-        )
-        await self.client.views_open(trigger_id=body["trigger_id"], view=view)
+        if why is not None:
+            await self._ephemeral(
+                channel, user, thread_ts, f"You are not allowed to decide `{pending.intent}`."
+            )
+            return
+        if verdict == "reject":
+            view = blocks.reject_modal(thread_id, seq, pending.intent, channel, message_ts)
+            await self.client.views_open(trigger_id=body["trigger_id"], view=view)
+            return
+        await self._decide(thread_id, seq, who, thread_ts, verdict, None)
 
     async def on_reject_reason(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The modal was submitted; returns errors to show in it, or None to close it."""
-        meta = json.loads(body["view"]["private_metadata"])
-        user = body["user"]["id"]
-        values = body["view"]["state"]["values"]
-        reason = (values[blocks.REASON_BLOCK][blocks.REASON_INPUT].get("value") or "").strip()
-        if not await self._may_decide(meta["t"], user, meta["c"], None):
-            return {blocks.REASON_BLOCK: "You are not allowed to decide this request."}
-        if not await self._decide(meta["t"], meta["s"], user, meta["c"], None, False, reason):
-            return {blocks.REASON_BLOCK: "This request was already decided."}
+        try:
+            meta = json.loads(body["view"]["private_metadata"])
+            user = str(body["user"]["id"])
+            values = body["view"]["state"]["values"]
+            reason = values[blocks.REASON_BLOCK][blocks.REASON_INPUT].get("value") or ""
+            thread_id, seq = str(meta["t"]), int(meta["s"])
+            channel, message_ts = str(meta["c"]), str(meta["ts"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return {blocks.REASON_BLOCK: "This form is not one of ours."}
+        who = self._principal(body, user, channel, message_ts)
+        if not await self._asked_here(thread_id, seq, channel, message_ts):
+            return {blocks.REASON_BLOCK: "This form is not for a request."}
+        decided = await self._decide(thread_id, seq, who, None, "reject", str(reason).strip())
+        if decided is not None:
+            return {blocks.REASON_BLOCK: decided}
         return None
 
     async def _decide(
         self,
         thread_id: str,
         seq: int,
-        user: str,
-        channel: str,
+        who: Principal,
         thread_ts: str | None,
-        approved: bool,
+        verdict: str,
         comment: str | None,
-    ) -> bool:
+    ) -> str | None:
+        """Hand the decision to the core; None if it counted, else why not (also told to
+        the person, privately)."""
         try:
-            await self.threads.respond_approval(
-                thread_id,
-                approved=approved,
-                comment=comment or None,
-                author=user,
-                channel="slack",
-                request_seq=seq,
-            )
+            if verdict == "cancel":
+                await self.threads.cancel(
+                    thread_id, principal=who, comment=comment or None, request_seq=seq
+                )
+            else:
+                await self.threads.respond_approval(
+                    thread_id,
+                    approved=verdict == "approve",
+                    principal=who,
+                    comment=comment or None,
+                    request_seq=seq,
+                )
         except (NotAwaiting, ThreadNotFound):
-            await self._ephemeral(channel, user, thread_ts, "This request was already decided.")
-            return False
-        return True
+            answer = "This request was already decided."
+        except NotAllowed:
+            answer = "You are not allowed to decide this request."
+        else:
+            return None
+        await self._ephemeral(str(who.details["channel"]), who.id, thread_ts, answer)
+        return answer
 
-    async def _may_decide(
-        self, thread_id: str, user: str, channel: str, thread_ts: str | None
-    ) -> bool:
-        try:
-            agent, pending, _ = await self.threads.pending_approval(thread_id)
-        except ThreadNotFound:
-            return False
-        config = self.agents.get(agent, SlackAgentConfig())
-        allowed = config.may_decide(pending.intent if pending else "")
-        if allowed is None or user in allowed or await self._in_groups(user, allowed):
-            return True
-        what = f"`{pending.intent}`" if pending else "this request"
-        await self._ephemeral(channel, user, thread_ts, f"You are not allowed to decide {what}.")
+    @staticmethod
+    def _principal(body: dict[str, Any], user: str, channel: str, message_ts: str) -> Principal:
+        team = body.get("team") if isinstance(body.get("team"), dict) else {}
+        details = {"channel": channel, "message_ts": message_ts, "team": (team or {}).get("id")}
+        return Principal("slack", user, "slack signature", {k: v for k, v in details.items() if v})
+
+    async def _asked_here(self, thread_id: str, seq: int, channel: str, message_ts: str) -> bool:
+        """Whether the click came from the very message that asked (its outbox row's ref):
+        a copy of the buttons elsewhere, or a made-up payload, decides nothing."""
+        for _ in range(10):
+            try:
+                ref = await self.outbox.provider_ref(thread_id, seq, "slack")
+            except SendFailed:
+                return False
+            if ref is not None:
+                return ref == f"{channel}/{message_ts}"
+            # Sent, but its ts not recorded yet (the dispatcher records it right after the
+            # send): the click came quicker than that write. Wait a moment for it.
+            await asyncio.sleep(0.2)
         return False
 
-    async def _in_groups(self, user: str, allowed: frozenset[str]) -> bool:
-        for group in (g for g in allowed if g.startswith("S")):
-            members = await self.client.usergroups_users_list(usergroup=group)
-            if user in members.get("users", []):
-                return True
-        return False
+    async def member_of(self, user: str, groups: frozenset[str]) -> frozenset[str]:
+        """The user groups among ``groups`` that ``user`` belongs to (for the policy). A
+        group's members are kept for ``GROUP_TTL`` seconds: Slack allows this call about
+        20 times a minute, and one decision asks twice (before the modal, at the append)."""
+        found = set()
+        now = time.monotonic()
+        for group in sorted(g for g in groups if g.startswith("S")):
+            cached = self._groups.get(group)
+            if cached is None or now - cached[0] > GROUP_TTL:
+                try:
+                    members = await self.client.usergroups_users_list(usergroup=group)
+                except SlackApiError as exc:
+                    log.warning("slack: members of %s unknown: %s", group, exc)
+                    continue
+                cached = (now, frozenset(str(u) for u in members.get("users") or []))
+                self._groups[group] = cached
+            if user in cached[1]:
+                found.add(group)
+        return frozenset(found)
 
     async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
-        await self.client.chat_postEphemeral(
-            channel=channel, user=user, text=text, thread_ts=thread_ts
-        )
+        try:
+            await self.client.chat_postEphemeral(
+                channel=channel, user=user, text=text, thread_ts=thread_ts
+            )
+        except SlackApiError as exc:  # telling them is a courtesy; the decision stands
+            log.warning("slack: could not tell %s: %s", user, exc)
 
     # -- /relaybot ------------------------------------------------------------------------
 
@@ -257,6 +314,21 @@ class SlackInbound:
             idempotency=idem,
         )
         return "On it: I'll answer in the thread."
+
+
+def _click(body: dict[str, Any]) -> tuple[str, int, str, str, str, str | None] | None:
+    """(thread, request seq, user, channel, message ts, thread ts) of a button click, or None
+    when the payload lacks any of them or the button's value is not ours."""
+    try:
+        action = body["actions"][0]
+        thread_id, seq = blocks.parse_button_value(str(action["value"]))
+        message = body.get("message") or {}
+        user, channel = str(body["user"]["id"]), str(body["channel"]["id"])
+        message_ts = str(message["ts"])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
+    thread_ts = message.get("thread_ts")
+    return thread_id, seq, user, channel, message_ts, str(thread_ts) if thread_ts else None
 
 
 def build_app(inbound: SlackInbound, client: AsyncWebClient, signing_secret: str) -> AsyncApp:
@@ -282,12 +354,17 @@ def build_app(inbound: SlackInbound, client: AsyncWebClient, signing_secret: str
     @app.action(blocks.APPROVE)
     async def approve(body: dict[str, Any], ack: Any) -> None:
         await ack()
-        await inbound.on_decision(body, approved=True)
+        await inbound.on_decision(body, verdict="approve")
 
     @app.action(blocks.REJECT)
     async def reject(body: dict[str, Any], ack: Any) -> None:
         await ack()
-        await inbound.on_decision(body, approved=False)
+        await inbound.on_decision(body, verdict="reject")
+
+    @app.action(blocks.CANCEL)
+    async def cancel(body: dict[str, Any], ack: Any) -> None:
+        await ack()
+        await inbound.on_decision(body, verdict="cancel")
 
     @app.view(blocks.REJECT_VIEW)
     async def reject_reason(body: dict[str, Any], ack: Any) -> None:

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from app.contact import (
+    ApprovalRequest,
+    Attention,
+    Contact,
+    Decided,
+    Notice,
+    Question,
+    Reminder,
+    Result,
+    Seen,
+    contact_of,
+)
 from app.errors import SendFailed
+from app.policy import Policies
 from app.store.outbox import Outbox, OutboxRow
 from channels.slack import blocks
 from channels.slack.config import SlackAgentConfig
@@ -46,11 +58,16 @@ def slack_thread(channel_key: str) -> tuple[str, str]:
 
 class SlackSender:
     def __init__(
-        self, client: AsyncWebClient, outbox: Outbox, agents: Mapping[str, SlackAgentConfig]
+        self,
+        client: AsyncWebClient,
+        outbox: Outbox,
+        agents: Mapping[str, SlackAgentConfig],
+        policies: Policies | None = None,
     ) -> None:
         self.client = client
         self.outbox = outbox
         self.agents = agents
+        self.policies = policies or Policies()
 
     async def send(self, row: OutboxRow) -> str | None:
         try:
@@ -65,41 +82,42 @@ class SlackSender:
             raise SendFailed(f"slack unreachable: {type(exc).__name__}") from exc
 
     async def _send(self, row: OutboxRow) -> str | None:
-        p = row.payload
-        channel, thread_ts = self._where(p)
-        data: dict[str, Any] = p["data"]
-        match p["type"]:
-            case "approval_requested":
+        try:
+            contact = contact_of(row.payload)
+        except ValueError as exc:
+            raise SendFailed("not a contact this version knows", permanent=True) from exc
+        channel, thread_ts = self._where(contact)
+        match contact:
+            case Seen():
+                return await self._seen(channel, contact.ref)
+            case ApprovalRequest():
+                request = contact.request
                 text, body = blocks.approval_request(
-                    p["thread_id"], row.seq, data["intent"], data["arguments"], p.get("why")
+                    contact.thread_id,
+                    request.seq,
+                    request.intent or "",
+                    request.arguments,
+                    contact.why,
                 )
                 sent = await self.client.chat_postMessage(
                     channel=channel, thread_ts=thread_ts, text=text, blocks=body
                 )
                 return f"{sent['channel']}/{sent['ts']}"
-            case "user_message":
-                return await self._seen(channel, data["ref"])
-            case "human_response" if data.get("kind") == "response":
-                return await self._seen(channel, data["ref"])
-            case "human_response":
-                return await self._show_decision(row, data)
-            case "timer_fired":
-                return await self._post(channel, thread_ts, self._timer_text(p, data))
-            case "information_requested":
-                return await self._post(channel, thread_ts, data["question"])
-            case "escalated":
-                return await self._post(channel, thread_ts, data["reason"])
-            case "done_for_now":
-                return await self._post(channel, thread_ts, data["message"])
-        raise SendFailed(f"no Slack message for {p['type']}", permanent=True)
+            case Decided():
+                return await self._show_decision(row, contact)
+            case Reminder():
+                return await self._post(channel, thread_ts, self._timer_text(contact))
+            case Question() | Result() | Attention() | Notice():
+                return await self._post(channel, thread_ts, contact.text)
+        raise SendFailed(f"no Slack message for {contact.kind}", permanent=True)
 
-    def _where(self, p: dict[str, Any]) -> tuple[str, str | None]:
-        if p.get("thread_channel") == "slack":
-            return slack_thread(p["channel_key"])
-        config = self.agents.get(p["agent"])
+    def _where(self, contact: Contact) -> tuple[str, str | None]:
+        if contact.thread_channel == "slack" and contact.channel_key:
+            return slack_thread(contact.channel_key)
+        config = self.agents.get(contact.agent)
         if config is None or config.approval_channel is None:
             raise SendFailed(
-                f"{p['agent'].upper()}_SLACK_APPROVAL_CHANNEL is not set", permanent=True
+                f"{contact.agent.upper()}_SLACK_APPROVAL_CHANNEL is not set", permanent=True
             )
         return config.approval_channel, None
 
@@ -123,32 +141,33 @@ class SlackSender:
         assert first is not None
         return first
 
-    async def _show_decision(self, row: OutboxRow, data: dict[str, Any]) -> str:
-        request = row.payload["request"]
-        ref = await self.outbox.provider_ref(row.thread_id, request["seq"], "slack")
+    async def _show_decision(self, row: OutboxRow, contact: Decided) -> str:
+        request = contact.request
+        if request is None or request.intent is None:
+            raise SendFailed("a decision without its request", permanent=True)
+        ref = await self.outbox.provider_ref(row.thread_id, request.seq, "slack")
         if ref is None:  # the request's own message is not out yet: update it after
             raise SendFailed("the approval message is not sent yet", retry_after=2.0)
         channel, ts = ref.split("/", 1)
-        req = request["data"]
         text, body = blocks.approval_decided(
-            req["intent"],
-            req["arguments"],
-            row.payload.get("why"),
-            approved=bool(data.get("approved")),
-            by=data.get("author"),
-            comment=data.get("comment"),
+            request.intent,
+            request.arguments,
+            contact.why,
+            approved=contact.verdict == "approved",
+            cancelled=contact.verdict == "cancelled",
+            by=contact.by,
+            comment=contact.comment,
             at=row.created_at.astimezone(UTC) if row.created_at else datetime.now(UTC),
         )
         await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=body)
         return ref
 
-    def _timer_text(self, p: dict[str, Any], data: dict[str, Any]) -> str:
-        request = p.get("request", {}).get("data", {})
-        what = f"approval of `{request['intent']}`" if "intent" in request else "an answer"
-        if data["kind"] == "reminder":
+    def _timer_text(self, contact: Reminder) -> str:
+        request = contact.request
+        what = f"approval of `{request.intent}`" if request and request.intent else "an answer"
+        if contact.step == "reminder":
             return f"Reminder: still waiting for {what}."
-        config = self.agents.get(p["agent"])
-        people = config.approvers if config and config.approvers else frozenset()
+        people = self.policies.everyone(contact.agent, "slack")
         mentions = " ".join(
             f"<!subteam^{i}>" if i.startswith("S") else f"<@{i}>" for i in sorted(people)
         )

@@ -66,7 +66,10 @@ class FakeSlackAPI:
             return web.json_response(body, status=429, headers={"Retry-After": "1"})
         self.calls.append((method, args))
         self.changed.set()
-        return web.json_response(self._answer(method, args))
+        answer = self._answer(method, args)
+        if method == "chat.postMessage":
+            args["_ts"] = answer["ts"]  # where the message now is: a click on it says so
+        return web.json_response(answer)
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
