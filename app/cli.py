@@ -236,7 +236,7 @@ def threads_show(thread_id: str) -> None:
 
 
 def _threads(store: Store) -> Threads:
-    from agents import load_agents
+    from app.plugins import load_agents
 
     settings = _store_settings()
     try:
@@ -280,21 +280,6 @@ def threads_fork(
     typer.echo(f"relaybot: forked {thread_id} at seq {at} into {new_id}", err=True)
 
 
-orders_cli = typer.Typer(no_args_is_help=True, help="The refunds agent's orders.")
-cli.add_typer(orders_cli, name="orders")
-
-
-@orders_cli.command("load-sample")
-def orders_load_sample() -> None:
-    """Load a few sample orders for the refunds agent (again: nothing changes)."""
-    from agents.refunds import load_sample
-
-    async def go(store: Store) -> int:
-        return await load_sample(store.engine)
-
-    typer.echo(f"relaybot: {_with_store(go)} sample orders loaded")
-
-
 outbox_cli = typer.Typer(no_args_is_help=True, help="Inspect and retry outbound messages.")
 cli.add_typer(outbox_cli, name="outbox")
 
@@ -334,6 +319,10 @@ def outbox_retry(row_id: int) -> None:
 
 
 def main() -> None:
+    from app.plugins import CLI, plugins
+
+    for name, sub in plugins(CLI):  # commands of agents and channels: `relaybot orders …`
+        cli.add_typer(sub, name=name)
     cli(prog_name="relaybot")
 
 

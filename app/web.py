@@ -17,29 +17,24 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import aiohttp
 import httpx
 from aiohttp import web
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
-from slack_bolt.async_app import AsyncApp
-from slack_sdk.web.async_client import AsyncWebClient
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agents import load_agents
 from app.agent import Agent
+from app.channel import Channel, ChannelContext
 from app.contacts import Contacts
 from app.context import ContextRenderer, make_environment
-from app.dispatch import Dispatcher, Sender
+from app.dispatch import Dispatcher
 from app.engine import Engine, EngineConfig
 from app.errors import ConfigError
 from app.llm import LLM, LiteLLM
 from app.metrics import CONTENT_TYPE_LATEST, HTTP_SECONDS, exposition
 from app.notify import PgListener, asyncpg_dsn
-from app.plugins import load_object
+from app.plugins import CHANNELS, load_agents, load_object, plugins
 from app.policy import Policies, read_policies
 from app.service import Threads
 from app.settings import Settings
@@ -48,17 +43,6 @@ from app.store.outbox import Outbox
 from app.store.store import ANSWERED, OUTBOX, RUNNABLE
 from app.tokens import ApiTokens, read_tokens
 from app.worker import Worker
-from channels import http_api
-from channels.email import web as email_web
-from channels.email.imap import ImapFetcher
-from channels.email.inbound import EmailInbound
-from channels.email.outbound import EmailSender
-from channels.email.tokens import LinkSigner
-from channels.slack.config import SlackAgentConfig, read_agent_configs
-from channels.slack.inbound import SlackInbound
-from channels.slack.inbound import build_app as build_slack_app
-from channels.slack.outbound import SlackSender
-from channels.webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +96,9 @@ class Runtime:
     engine: Engine
     threads: Threads
     api_tokens: ApiTokens
+    channels: dict[str, Channel] = field(default_factory=dict)
     worker: Worker | None = None
     dispatcher: Dispatcher | None = None
-    slack: AsyncApp | None = None
-    slack_client: AsyncWebClient | None = None
-    slack_inbound: SlackInbound | None = None
-    email: EmailInbound | None = None
-    email_links: LinkSigner | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -137,19 +117,6 @@ def build_llm(settings: Settings) -> LLM:
     return LiteLLM(settings.llm_model, api_base=settings.llm_api_base, timeout=settings.llm_timeout)
 
 
-@dataclass
-class Outbound:
-    """The outbound channels configured, and how contacts are routed to them."""
-
-    routes: dict[str, str] = field(default_factory=dict)  # thread channel -> sender
-    approval_routes: dict[str, list[str]] = field(default_factory=dict)  # agent -> senders
-    senders: dict[str, Sender] = field(default_factory=dict)
-    slack_client: AsyncWebClient | None = None
-    slack_agents: dict[str, SlackAgentConfig] = field(default_factory=dict)
-    email: EmailSender | None = None
-    email_links: LinkSigner | None = None
-
-
 def _warn_open_policies(agents: Mapping[str, Agent], policies: Policies) -> None:
     for agent in agents.values():
         for tool in agent.tools:
@@ -163,40 +130,28 @@ def _warn_open_policies(agents: Mapping[str, Agent], policies: Policies) -> None
                 )
 
 
-def outbound(
-    settings: Settings,
-    agents: Mapping[str, Agent],
-    http: httpx.AsyncClient,
-    outbox: Outbox,
-    policies: Policies,
-) -> Outbound:
-    out = Outbound()
-    if settings.api_webhook_url is not None:
-        out.routes["api"] = "webhook"
-        out.senders["webhook"] = WebhookSender(
-            str(settings.api_webhook_url), settings.signing_key, http
+def build_channels(ctx: ChannelContext, contacts: Contacts) -> dict[str, Channel]:
+    """Every channel plugin that its settings turn on, and the routes from the core's
+    contacts to them: a thread channel to the channel that answers it, an agent's approval
+    traffic to every channel that carries it."""
+    built: dict[str, Channel] = {}
+    for name, plugin in plugins(CHANNELS):
+        channel = plugin.build(ctx)
+        if channel is None:
+            continue
+        built[channel.name] = channel
+        for thread_channel in channel.answers:
+            contacts.routes[thread_channel] = channel.name
+        for agent in channel.approvals_for:
+            contacts.approval_routes.setdefault(agent, []).append(channel.name)
+        if channel.groups is not None:
+            ctx.threads.groups[channel.name] = channel.groups
+        log.debug("channel %s (plugin %s) is on", channel.name, name)
+    if ctx.socket_mode and not any(c.connects_out for c in built.values()):
+        raise ConfigError(
+            "SLACK_APP_TOKEN", "Socket Mode needs it, with SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"
         )
-    if settings.slack_enabled:
-        out.slack_client = AsyncWebClient(
-            token=settings.slack_bot_token,
-            base_url=settings.slack_api_url,
-            session=aiohttp.ClientSession(),  # one connection pool, not one per call
-        )
-        out.slack_agents = read_agent_configs(agents.values())
-        out.routes["slack"] = "slack"
-        for name, cfg in out.slack_agents.items():
-            if cfg.approval_channel:
-                out.approval_routes.setdefault(name, []).append("slack")
-        out.senders["slack"] = SlackSender(out.slack_client, outbox, out.slack_agents, policies)
-    if settings.email_enabled:
-        out.email_links = LinkSigner(settings.signing_key, settings.email_link_hours * 3600)
-        out.email = EmailSender(settings, make_environment(), outbox, out.email_links)
-        out.routes["email"] = "email"
-        for name in agents:
-            if policies.everyone(name, "email"):
-                out.approval_routes.setdefault(name, []).append("email")
-        out.senders["email"] = out.email
-    return out
+    return built
 
 
 @contextlib.asynccontextmanager
@@ -207,21 +162,20 @@ async def runtime(
     agents: Mapping[str, Agent] | None = None,
     with_worker: bool = True,
     engine_config: EngineConfig | None = None,
+    socket_mode: bool = False,
 ) -> AsyncIterator[Runtime]:
     agents = agents if agents is not None else build_agents(settings)
     store = Store.from_url(settings.database_url)
     outbox = Outbox(store.engine)
     http = httpx.AsyncClient(timeout=30.0)
     llm = llm or build_llm(settings)
-    renderer = ContextRenderer(
-        make_environment(), settings.llm_model, settings.context_token_budget
-    )
+    env = make_environment()
+    renderer = ContextRenderer(env, settings.llm_model, settings.context_token_budget)
     tokens = read_tokens(settings.api_token, settings.api_tokens)
     policies = read_policies((a.name, [t.intent for t in a.tools]) for a in agents.values())
     policies = policies.with_api_approvers(tokens.approvers(agents))
     _warn_open_policies(agents, policies)
-    out = outbound(settings, agents, http, outbox, policies)
-    contacts = Contacts(out.routes, settings.base_url, out.approval_routes, policies)
+    contacts = Contacts({}, settings.base_url, {}, policies)
     engine_config = engine_config or EngineConfig(
         step_cap=settings.step_cap,
         tool_timeout=settings.tool_timeout,
@@ -236,56 +190,46 @@ async def runtime(
         contacts=contacts,
         policies=policies,
     )
+    ctx = ChannelContext(settings, agents, policies, store, outbox, http, env, threads, socket_mode)
     rt = Runtime(settings, store, outbox, http, engine, threads, tokens)
-    rt.slack_client = out.slack_client
-    if out.slack_client is not None:
-        assert settings.slack_signing_secret and settings.slack_bot_token
-        inbound = SlackInbound(
-            threads,
-            out.slack_client,
-            out.slack_agents,
-            settings.channel_agents,
-            signing_secret=settings.slack_signing_secret,
-            outbox=outbox,
-        )
-        threads.groups["slack"] = inbound.member_of
-        rt.slack_inbound = inbound
-        rt.slack = build_slack_app(inbound, out.slack_client, settings.slack_signing_secret)
-    if out.email is not None:
-        rt.email = EmailInbound(threads, settings, out.email, outbox)
-        rt.email_links = out.email_links
-    if with_worker:
-        lease = timedelta(seconds=settings.worker_lease)
-        rt.worker = Worker(
-            store,
-            engine,
-            concurrency=settings.worker_concurrency,
-            lease=lease,
-            poll_interval=settings.poll_interval,
-        )
-        rt.dispatcher = Dispatcher(
-            outbox,
-            out.senders,
-            max_attempts=settings.outbox_max_attempts,
-            poll_interval=settings.poll_interval,
-        )
-        wakers = {
-            RUNNABLE: rt.worker.wake,
-            ANSWERED: rt.worker.answered,
-            OUTBOX: rt.dispatcher.wake,
-        }
-        store.on_commit.append(lambda topic: wakers[topic]())
-        rt.tasks.append(asyncio.create_task(rt.worker.run(), name="worker"))
-        rt.tasks.append(asyncio.create_task(rt.dispatcher.run(), name="dispatcher"))
-        if store.is_postgres:
-            listener = PgListener(asyncpg_dsn(settings.database_url), wakers)
-            rt.tasks.append(asyncio.create_task(listener.run(), name="listen"))
-        if rt.email is not None and settings.imap_enabled:
-            fetcher = ImapFetcher(settings, rt.email.receive, poll_interval=settings.poll_interval)
-            rt.tasks.append(asyncio.create_task(fetcher.run(), name="imap"))
-    rt.tasks.append(asyncio.create_task(_fill_pool(store), name="fill-pool"))
     try:
-        yield rt
+        rt.channels = build_channels(ctx, contacts)
+        if with_worker:
+            lease = timedelta(seconds=settings.worker_lease)
+            rt.worker = Worker(
+                store,
+                engine,
+                concurrency=settings.worker_concurrency,
+                lease=lease,
+                poll_interval=settings.poll_interval,
+            )
+            senders = {n: c.sender for n, c in rt.channels.items() if c.sender is not None}
+            rt.dispatcher = Dispatcher(
+                outbox,
+                senders,
+                max_attempts=settings.outbox_max_attempts,
+                poll_interval=settings.poll_interval,
+            )
+            wakers = {
+                RUNNABLE: rt.worker.wake,
+                ANSWERED: rt.worker.answered,
+                OUTBOX: rt.dispatcher.wake,
+            }
+            store.on_commit.append(lambda topic: wakers[topic]())
+            rt.tasks.append(asyncio.create_task(rt.worker.run(), name="worker"))
+            rt.tasks.append(asyncio.create_task(rt.dispatcher.run(), name="dispatcher"))
+            if store.is_postgres:
+                listener = PgListener(asyncpg_dsn(settings.database_url), wakers)
+                rt.tasks.append(asyncio.create_task(listener.run(), name="listen"))
+            for channel in rt.channels.values():
+                for loop in channel.background:
+                    rt.tasks.append(asyncio.create_task(loop(), name=channel.name))
+        rt.tasks.append(asyncio.create_task(_fill_pool(store), name="fill-pool"))
+        async with contextlib.AsyncExitStack() as connections:
+            for channel in rt.channels.values():
+                if channel.connection is not None:
+                    await connections.enter_async_context(channel.connection())
+            yield rt
     finally:
         await shutdown(rt)
 
@@ -308,8 +252,9 @@ async def shutdown(rt: Runtime) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await rt.http.aclose()
-    if rt.slack_client is not None and rt.slack_client.session is not None:
-        await rt.slack_client.session.close()
+    for channel in rt.channels.values():
+        if channel.close is not None:
+            await channel.close()
     await rt.store.close()
 
 
@@ -383,26 +328,19 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime(settings, llm=llm, agents=agents, with_worker=with_worker) as rt:
+        async with runtime(
+            settings, llm=llm, agents=agents, with_worker=with_worker, socket_mode=socket_mode
+        ) as rt:
             app.state.runtime = rt
             app.state.threads = rt.threads
             app.state.api_tokens = rt.api_tokens
-            app.state.slack = rt.slack and AsyncSlackRequestHandler(rt.slack)
+            app.state.channels = rt.channels
             # What start-up made (modules, schemas, templates) lives as long as the process:
             # keep it out of the collector's sight, so that a full collection does not walk
             # it and stall every request in flight (hundreds of ms with litellm imported).
             gc.collect()
             gc.freeze()
-            app.state.email, app.state.email_links = rt.email, rt.email_links
-            if socket_mode and rt.slack is not None:
-                socket = AsyncSocketModeHandler(rt.slack, settings.slack_app_token)
-                await socket.connect_async()  # type: ignore[no-untyped-call]
-                try:
-                    yield
-                finally:
-                    await socket.close_async()  # type: ignore[no-untyped-call]
-            else:
-                yield
+            yield
 
     app = FastAPI(
         title="relaybot",
@@ -412,10 +350,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.api_tokens = read_tokens(settings.api_token, settings.api_tokens)
-    app.state.slack = app.state.email = app.state.email_links = None
+    app.state.channels = {}
     app.add_middleware(RequestMetrics, routes=app.router.routes)
-    http_api.install(app)
-    email_web.install(app, make_environment())
+    for _, plugin in plugins(CHANNELS):
+        plugin.routes(app)
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
@@ -428,20 +366,4 @@ def create_app(
         rt: Runtime = request.app.state.runtime
         return Response(await exposition(rt.store), media_type=CONTENT_TYPE_LATEST)
 
-    async def slack_events(request: Request) -> Response:
-        handler: AsyncSlackRequestHandler | None = request.app.state.slack
-        inbound: SlackInbound | None = request.app.state.runtime.slack_inbound
-        if handler is None or inbound is None:
-            return JSONResponse({"detail": "Slack is not configured"}, status_code=404)
-        if request.headers.get("content-type", "").startswith("application/json"):
-            # The Events API: mentions and messages, most of the traffic, on a direct path.
-            status, answer = await inbound.events_api(await request.body(), request.headers)
-            if answer is None:
-                return Response(status_code=status)
-            return JSONResponse(answer, status_code=status)
-        return await handler.handle(request)  # buttons, the modal, the slash command
-
-    # A plain Starlette route: the webhook needs no validation or injection from FastAPI,
-    # and Slack's traffic is where the time per request counts.
-    app.router.routes.append(Route("/slack/events", slack_events, methods=["POST"]))
     return app

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request,
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.channel import Channel, ChannelContext
 from app.errors import (
     IdempotencyMismatch,
     NotAllowed,
@@ -204,3 +205,19 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(VersionConflict, error(409))  # busy beyond our retries
     app.add_exception_handler(UnknownAgent, error(422))
     app.add_exception_handler(IdempotencyMismatch, error(422))
+
+
+class ApiPlugin:
+    """The HTTP API as a relaybot channel (``relaybot.channels`` entry point): its routes
+    only; API threads are answered by the webhook channel when one is configured."""
+
+    name = "api"
+
+    def routes(self, app: FastAPI) -> None:
+        install(app)
+
+    def build(self, ctx: ChannelContext) -> Channel | None:
+        return None
+
+
+plugin = ApiPlugin()

@@ -15,7 +15,9 @@ import json
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
+from app.channel import Channel, ChannelContext
 from app.errors import SendFailed
 from app.store.outbox import OutboxRow
 
@@ -68,3 +70,23 @@ class WebhookSender:
             retry_after=retry_after,
             permanent=permanent,
         )
+
+
+class WebhookPlugin:
+    """The outbound webhook as a relaybot channel (``relaybot.channels`` entry point): on
+    when ``API_WEBHOOK_URL`` is set, it answers API threads."""
+
+    name = "webhook"
+
+    def routes(self, app: FastAPI) -> None:
+        pass  # outbound only
+
+    def build(self, ctx: ChannelContext) -> Channel | None:
+        url = ctx.settings.api_webhook_url
+        if url is None:
+            return None
+        sender = WebhookSender(str(url), ctx.settings.signing_key, ctx.http)
+        return Channel(name="webhook", sender=sender, answers=("api",))
+
+
+plugin = WebhookPlugin()

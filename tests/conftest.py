@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
+from hypothesis import settings as hypothesis_settings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -35,8 +36,14 @@ from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.mail_servers import dovecot, smtp_sink  # noqa: F401  (fixtures)
 from tests.fakes.slack_api import FakeSlackAPI
 
+# Property tests run the same examples every time (CI must not fail on a new draw); set
+# HYPOTHESIS_PROFILE=fuzz to search afresh, longer.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("fuzz", max_examples=5_000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("outbox", "inbound_receipts", "events", "threads", "orders")
+TABLES = ("outbox", "inbound_receipts", "events", "threads", "orders", "refunds")
 
 
 def _pg_url(database: str) -> str:
@@ -124,6 +131,25 @@ async def slack() -> AsyncIterator[FakeSlackAPI]:
     api = await FakeSlackAPI().start()
     yield api
     await api.stop()
+
+
+@pytest.fixture
+async def slack_svc(
+    database_url: str,
+    llm_server: FakeLLMServer,
+    slack: FakeSlackAPI,
+    deploy_hook: HttpSink,
+    git_repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Service]:
+    """deploybot in Slack (the Web API a local stand-in), with UBOB its only approver."""
+    from tests.test_slack import BOB, deploy_flow, slack_settings
+
+    monkeypatch.setenv("DEPLOYBOT_SLACK_APPROVERS", BOB)
+    llm_server.responder = deploy_flow
+    settings = slack_settings(database_url, llm_server, slack)
+    async with serve(settings, deploybot_agents(git_repo, deploy_hook)) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")

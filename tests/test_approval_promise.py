@@ -31,7 +31,12 @@ from tests.test_slack import (
     slack_settings,
     until,
 )
-from tests.test_slack import svc as slack_deploybot  # noqa: F401  (the fixture "svc")
+
+
+@pytest.fixture
+def svc(slack_svc: Service) -> Service:
+    """deploybot in Slack, with UBOB its only approver (conftest's ``slack_svc``)."""
+    return slack_svc
 
 
 async def _thread(svc: Service) -> Any:

@@ -23,6 +23,8 @@ from tests.fakes.slack_api import FakeSlackAPI
 from tests.test_slack import BOB, SECRET, click
 
 INBOUND_TOKEN = "inbound-token-0123456789"
+# What our receiving server (authserv-id mx.relay.test) says of Ana's mail: it is hers.
+VERIFIED_ANA = "mx.relay.test; dkim=pass header.d=example.net; dmarc=pass header.from=example.net"
 BOT = "bot@relay.test"
 
 
@@ -105,6 +107,7 @@ def email_settings(
         smtp_password="secret",
         email_inbound_token=INBOUND_TOKEN,
         email_agents="refunds@relay.test=refunds",
+        email_authserv_id=extra.pop("email_authserv_id", "mx.relay.test"),
         poll_interval=0.2,
         **extra,
     )
@@ -133,7 +136,11 @@ async def test_refund_by_email_approved_in_slack_answered_in_the_thread(
     async with serve(settings, agents) as svc:
         await load_sample(svc.app_state.runtime.store.engine)
         outcome = await post_mail(
-            svc, customer_mail("Hi, my tent A-1002 arrived torn. Refund please.\n\nAna")
+            svc,
+            customer_mail(
+                "Hi, my tent A-1002 arrived torn. Refund please.\n\nAna",
+                Authentication_Results=VERIFIED_ANA,
+            ),
         )
         assert outcome["action"] == "started"
         await eventually(
@@ -220,6 +227,8 @@ def reply_to(original: Any, text: str, *, sender: str = "ops@relay.test", messag
     msg["Message-ID"] = message_id
     msg["In-Reply-To"] = original["Message-ID"]
     msg["References"] = original["Message-ID"]
+    domain = sender.rpartition("@")[2]  # as our receiving server stamps what it verified
+    msg["Authentication-Results"] = f"mx.relay.test; dkim=pass header.d={domain}; dmarc=pass"
     quoted = "\n".join(
         f"> {line}" for line in original.get_body(("plain",)).get_content().splitlines()
     )
@@ -259,7 +268,13 @@ async def test_approval_email_then_a_reply_over_imap_resumes_the_thread(
         "evidence": {  # who decided, how it was proven, and exactly what
             "principal": "email:ops@relay.test",
             "via": "reply token",
-            "details": {"message_id": "<ops-1@relay.test>", "verdict": "none"},
+            "details": {
+                "message_id": "<ops-1@relay.test>",
+                "verdict": "pass",  # our server's DKIM/DMARC verdict on the sender
+                "dkim": "pass",
+                "dmarc": "pass",
+                "authserv_id": "mx.relay.test",
+            },
             "digest": request_event["data"]["digest"],
         },
     }
@@ -442,7 +457,10 @@ async def test_customer_email_to_approval_email_to_reply_over_imap_to_threaded_o
     )
     async with serve(settings, agents) as svc:
         await load_sample(svc.app_state.runtime.store.engine)
-        ask = customer_mail("My tent A-1002 arrived torn. Refund please.\n\nAna")
+        ask = customer_mail(
+            "My tent A-1002 arrived torn. Refund please.\n\nAna",
+            Authentication_Results=VERIFIED_ANA,
+        )
         await dovecot.append("bot", "secret", ask)
         await eventually(lambda: _true(len(smtp_sink.messages) == 1))
         approval = smtp_sink.messages[0].message

@@ -184,7 +184,7 @@ def test_importing_the_llm_module_never_reaches_the_network(tmp_path: Path) -> N
 
 
 def test_extra_agents_and_their_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agents import load_agents
+    from app.plugins import load_agents
 
     names = set(load_agents("tests.fakes.agents:build_echo"))
     assert names == {"deploybot", "refunds", "echo"}

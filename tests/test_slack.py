@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -14,7 +14,6 @@ import httpx
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from app.agent import Agent
 from app.store.outbox import Outbox
 from tests.conftest import Service, deploybot_agents, eventually, make_settings, serve
 from tests.fakes.http_sink import HttpSink
@@ -48,20 +47,8 @@ def slack_settings(database_url: str, llm_server: FakeLLMServer, slack: FakeSlac
 
 
 @pytest.fixture
-async def svc(
-    database_url: str,
-    llm_server: FakeLLMServer,
-    slack: FakeSlackAPI,
-    deploy_hook: HttpSink,
-    git_repo: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Service]:
-    monkeypatch.setenv("DEPLOYBOT_SLACK_APPROVERS", BOB)
-    llm_server.responder = deploy_flow
-    settings = slack_settings(database_url, llm_server, slack)
-    agents: dict[str, Agent] = deploybot_agents(git_repo, deploy_hook)
-    async with serve(settings, agents) as service:
-        yield service
+def svc(slack_svc: Service) -> Service:
+    return slack_svc
 
 
 async def signed(

@@ -257,8 +257,9 @@ async def test_the_migrated_schema_is_the_one_the_code_declares(store: Store) ->
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from app.store.tables import metadata
+    from app.store.migrate import merged_metadata
 
+    metadata = merged_metadata()  # the core's tables and the agents' own
     async with store.engine.connect() as conn:
         diff = await conn.run_sync(
             lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)

@@ -121,17 +121,3 @@ outbox = Table(
     UniqueConstraint("thread_id", "seq", "channel"),
     Index(None, "status", "next_attempt_at"),
 )
-
-# The refunds agent's orders (sample data: ``relaybot orders load-sample``).
-orders = Table(
-    "orders",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("customer_email", String(320), nullable=False),
-    Column("item", String(255), nullable=False),
-    Column("amount_cents", Integer, nullable=False),
-    Column("currency", String(3), nullable=False),
-    Column("refunded_cents", Integer, nullable=False, server_default="0"),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Index(None, "customer_email"),
-)

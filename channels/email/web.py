@@ -8,18 +8,23 @@ import base64
 import hashlib
 import secrets
 from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import jinja2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from app.channel import channel_state
+from app.context import make_environment
 from app.errors import NotAllowed, NotAwaiting, ThreadNotFound
 from app.policy import Principal
 from app.service import Idempotency
 from channels.email.inbound import EmailInbound
 from channels.email.tokens import LinkSigner, TokenError
+
+if TYPE_CHECKING:
+    from channels.email.plugin import EmailState
 
 MAX_MESSAGE_BYTES = 40_000_000
 
@@ -79,14 +84,11 @@ def postmark_to_mime(data: dict[str, Any]) -> bytes:
     return bytes(msg)
 
 
-def install(app: FastAPI, env: jinja2.Environment) -> None:
-    page = env.get_template("email/decide.html.j2")
+def install(app: FastAPI) -> None:
+    page = make_environment().get_template("email/decide.html.j2")
 
     def inbound(request: Request) -> EmailInbound:
-        handler: EmailInbound | None = request.app.state.email
-        if handler is None:
-            raise HTTPException(404, "email is not configured")
-        return handler
+        return _state(request).inbound
 
     @app.post("/email/inbound", include_in_schema=False)
     async def raw_mime(request: Request) -> JSONResponse:
@@ -144,7 +146,7 @@ def install(app: FastAPI, env: jinja2.Environment) -> None:
     async def _link(
         request: Request, handler: EmailInbound, token: str
     ) -> tuple[dict[str, Any], dict[str, Any], HTMLResponse | None]:
-        signer: LinkSigner = request.app.state.email_links
+        signer: LinkSigner = _state(request).links
         try:
             link = signer.read(token)
         except TokenError as exc:
@@ -166,6 +168,13 @@ def install(app: FastAPI, env: jinja2.Environment) -> None:
                 _done(page, "Already decided", "This request was already decided.", 409),
             )
         return link, {"intent": pending.intent, "arguments": pending.arguments, "why": None}, None
+
+
+def _state(request: Request) -> EmailState:
+    state: EmailState | None = channel_state(request, "email")
+    if state is None:
+        raise HTTPException(404, "email is not configured")
+    return state
 
 
 def _done(page: jinja2.Template, title: str, message: str, status: int) -> HTMLResponse:

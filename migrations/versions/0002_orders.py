@@ -1,5 +1,8 @@
 """orders: the refunds agent's sample shop
 
+From before agents had schemas of their own; the refunds agent's later tables are in its own
+branch (``agents/refunds/migrations``).
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-24
