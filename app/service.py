@@ -6,55 +6,36 @@ these calls. Nothing here calls the model: it appends and marks the thread runna
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from app import core
 from app.agent import Agent
 from app.contacts import Contacts, Reply
-from app.decisions import decision_event
+from app.deciding import Deciding, GroupResolver
 from app.errors import (
-    IdempotencyMismatch,
-    NotAllowed,
     NotAwaiting,
     SeqOutOfRange,
     UnknownAgent,
     VersionConflict,
 )
 from app.events import Channel, Event, HumanResponse, Retried, StoredEvent, UserMessage
-from app.policy import ApprovalPolicy, Policies, Principal, refusal
-from app.store import DuplicateDelivery, Receipt, Store, ThreadRecord, utcnow
+from app.idempotency import Idempotency, receipt_for, replay, seen
+
+__all__ = ["GroupResolver", "Idempotency", "Threads"]
+from app.policy import Policies
+from app.store import DuplicateDelivery, Store, ThreadRecord, utcnow
 from app.store.store import HUMAN_PRIORITY
 
 log = logging.getLogger(__name__)
 
 APPEND_ATTEMPTS = 8
 
-# (principal id, the groups a policy names) -> the ones among them the principal belongs to
-GroupResolver = Callable[[str, frozenset[str]], Awaitable[frozenset[str]]]
 
-
-@dataclass(frozen=True)
-class Idempotency:
-    """An inbound delivery's key, and a fingerprint of what was asked with it."""
-
-    channel: str
-    key: str
-    fingerprint: str
-
-    @classmethod
-    def of(cls, channel: str, scope: str, key: str, request: Any) -> Idempotency:
-        blob = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
-        return cls(channel, f"{scope}:{key}", hashlib.sha256(blob.encode()).hexdigest()[:32])
-
-
-class Threads:
+class Threads(Deciding):
     def __init__(
         self,
         store: Store,
@@ -97,8 +78,12 @@ class Threads:
         name = agent or self.default_agent
         if name not in self.agents:
             raise UnknownAgent(name, list(self.agents))
-        if check_first and idempotency and (seen := await self._seen(idempotency)) is not None:
-            return seen
+        if (
+            check_first
+            and idempotency
+            and (known := await seen(self.store, idempotency)) is not None
+        ):
+            return known
         opening = UserMessage(
             text=message,
             channel=channel,
@@ -124,7 +109,7 @@ class Threads:
                 channel_key=channel_key,
                 new_events=[(opening, author)],
                 status="running",
-                receipt=self._receipt(idempotency, answer),
+                receipt=receipt_for(idempotency, answer),
                 thread_id=thread_id,
                 messages=self.contacts.messages(
                     thread_id=thread_id,
@@ -136,111 +121,8 @@ class Threads:
                 ),
             )
         except DuplicateDelivery as dup:
-            return self._replay(dup, idempotency)
+            return replay(dup, idempotency)
         return answer(record.id, record.events)
-
-    async def respond_approval(
-        self,
-        thread_id: str,
-        *,
-        approved: bool,
-        principal: Principal,
-        comment: str | None = None,
-        idempotency: Idempotency | None = None,
-        request_seq: int | None = None,
-        digest: str | None = None,
-        ref: str | None = None,
-    ) -> dict[str, Any]:
-        """Decide the pending approval, as ``principal`` (whom a channel proved).
-
-        The decision counts only if the agent's policy lets ``principal`` decide this call;
-        ``request_seq`` names the request a button, link or reply was for, and ``digest`` the
-        arguments the person saw, so an answer to an older request, or to other arguments,
-        cannot decide this one. Raises NotAwaiting, NotAllowed."""
-        return await self._decide(
-            thread_id,
-            "approval",
-            principal,
-            approved=approved,
-            comment=comment,
-            idempotency=idempotency,
-            request_seq=request_seq,
-            digest=digest,
-            ref=ref,
-        )
-
-    async def cancel(
-        self,
-        thread_id: str,
-        *,
-        principal: Principal,
-        comment: str | None = None,
-        idempotency: Idempotency | None = None,
-        request_seq: int | None = None,
-        ref: str | None = None,
-    ) -> dict[str, Any]:
-        """Withdraw the pending approval: by the person who asked, or someone who may decide.
-        The model hears it was cancelled and goes on."""
-        return await self._decide(
-            thread_id,
-            "cancel",
-            principal,
-            approved=None,
-            comment=comment,
-            idempotency=idempotency,
-            request_seq=request_seq,
-            digest=None,
-            ref=ref,
-        )
-
-    async def _decide(
-        self,
-        thread_id: str,
-        kind: Literal["approval", "cancel"],
-        principal: Principal,
-        *,
-        approved: bool | None,
-        comment: str | None,
-        idempotency: Idempotency | None,
-        request_seq: int | None,
-        digest: str | None,
-        ref: str | None,
-    ) -> dict[str, Any]:
-        checked: dict[str, Principal] = {}
-
-        async def build(record: ThreadRecord, state: core.ThreadState) -> Event:
-            pending = state.pending
-            policy = self.policies.for_call(record.agent, pending.intent if pending else "")
-            who = checked.get(record.agent + (pending.intent if pending else ""))
-            if who is None:
-                who = await self._with_groups(principal, policy)
-                checked[record.agent + (pending.intent if pending else "")] = who
-            try:
-                return decision_event(
-                    thread_id,
-                    state,
-                    kind,
-                    who,
-                    policy,
-                    approved=approved,
-                    comment=comment,
-                    request_seq=request_seq,
-                    digest=digest,
-                    ref=ref,
-                )
-            except NotAllowed as exc:
-                log.warning("thread %s: %s by %s refused: %s", thread_id, kind, who.key, exc)
-                raise
-
-        return await self._respond(thread_id, build, principal.id, idempotency)
-
-    async def _with_groups(self, principal: Principal, policy: ApprovalPolicy) -> Principal:
-        """The principal with the policy's groups it belongs to, as its channel tells."""
-        resolver = self.groups.get(principal.channel)
-        named = policy.ids(principal.channel)
-        if resolver is None or not named or principal.key in policy.approvers:
-            return principal
-        return principal.in_groups(await resolver(principal.id, named))
 
     async def respond_text(
         self,
@@ -337,31 +219,6 @@ class Threads:
         )
         return fork.id
 
-    async def pending_approval(
-        self, thread_id: str
-    ) -> tuple[str, core.PendingApproval | None, int | None]:
-        """The thread's agent, its pending approval if any, and the request's seq."""
-        record = await self.store.load(thread_id)
-        state = core.project(record.events)
-        request_seq = state.pending.request_seq if state.pending else None
-        return record.agent, state.pending, request_seq
-
-    def policy(self, agent: str, intent: str) -> ApprovalPolicy:
-        return self.policies.for_call(agent, intent)
-
-    async def may_decide(
-        self, thread_id: str, principal: Principal, *, cancel: bool = False
-    ) -> tuple[core.PendingApproval | None, str | None]:
-        """The pending approval, and why ``principal`` may not decide it (None: they may).
-        For a channel that wants to answer a person before it asks for a reason, say; the
-        decision itself is checked again when it is appended."""
-        agent, pending, _ = await self.pending_approval(thread_id)
-        if pending is None:
-            return None, None
-        policy = self.policies.for_call(agent, pending.intent)
-        who = await self._with_groups(principal, policy)
-        return pending, refusal(policy, who, pending.requested_by, cancel=cancel)
-
     async def get(self, thread_id: str) -> dict[str, Any]:
         record = await self.store.load(thread_id)
         return {
@@ -383,8 +240,8 @@ class Threads:
         *,
         reply: Reply | None = None,
     ) -> dict[str, Any]:
-        if idempotency and (seen := await self._seen(idempotency)) is not None:
-            return seen
+        if idempotency and (known := await seen(self.store, idempotency)) is not None:
+            return known
 
         def answer(tid: str, stored: list[StoredEvent]) -> dict[str, Any]:
             return {"thread_id": tid, "status": after.status, "seq": stored[-1].seq}
@@ -397,8 +254,8 @@ class Threads:
                 event = await build(record, state)
             except NotAwaiting:
                 # Perhaps because the first delivery of this very request was just applied.
-                if idempotency and (seen := await self._seen(idempotency)) is not None:
-                    return seen
+                if idempotency and (known := await seen(self.store, idempotency)) is not None:
+                    return known
                 raise
             now = utcnow()
             after = core.apply(state, StoredEvent(record.version + 1, event, author, now))
@@ -432,42 +289,16 @@ class Threads:
                     [(event, author)],
                     status=after.status,
                     run_after=run_after,
-                    receipt=self._receipt(idempotency, answer),
+                    receipt=receipt_for(idempotency, answer),
                     messages=messages,
                     notify=True,
                 )
             except VersionConflict:
                 # Someone appended meanwhile: perhaps the first delivery of this very request.
-                if idempotency and (seen := await self._seen(idempotency)) is not None:
-                    return seen
+                if idempotency and (known := await seen(self.store, idempotency)) is not None:
+                    return known
                 continue
             except DuplicateDelivery as dup:
-                return self._replay(dup, idempotency)
+                return replay(dup, idempotency)
             return answer(thread_id, stored)
         raise VersionConflict(thread_id, -1)
-
-    # -- idempotency ----------------------------------------------------------------------
-
-    @staticmethod
-    def _receipt(
-        idem: Idempotency | None, answer: Callable[[str, list[StoredEvent]], dict[str, Any]]
-    ) -> Receipt | None:
-        if idem is None:
-            return None
-
-        def stored_answer(thread_id: str, stored: list[StoredEvent]) -> dict[str, Any]:
-            return {"fingerprint": idem.fingerprint, "answer": answer(thread_id, stored)}
-
-        return Receipt(idem.channel, idem.key, stored_answer)
-
-    async def _seen(self, idem: Idempotency) -> dict[str, Any] | None:
-        dup = await self.store.get_receipt(idem.channel, idem.key)
-        return None if dup is None else self._replay(dup, idem)
-
-    @staticmethod
-    def _replay(dup: DuplicateDelivery, idem: Idempotency | None) -> dict[str, Any]:
-        stored = dup.response or {}
-        if idem is not None and stored.get("fingerprint") != idem.fingerprint:
-            raise IdempotencyMismatch(idem.key.partition(":")[2])
-        answer: dict[str, Any] = stored.get("answer", {})
-        return answer
