@@ -318,6 +318,43 @@ def outbox_retry(row_id: int) -> None:
     typer.echo(f"relaybot: outbox row {row_id} will be sent again")
 
 
+tokens_cli = typer.Typer(no_args_is_help=True, help="Make API tokens (named, scoped, hashed).")
+cli.add_typer(tokens_cli, name="tokens")
+
+
+@tokens_cli.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="the token's name, as decisions record it")],
+    scope: Annotated[
+        list[str], typer.Option(help="read, launch, respond or admin; repeat for several")
+    ] = [],  # noqa: B006  (typer reads the default, never mutates it)
+    agent: Annotated[
+        list[str], typer.Option(help="may decide this agent's approvals (approve:<agent>)")
+    ] = [],  # noqa: B006
+) -> None:
+    """Make a token: it is printed once; add the entry printed after it to API_TOKENS (only
+    its SHA-256 is kept). To revoke it, remove the entry."""
+    import json
+
+    from app.tokens import SCOPES, digest, new_token
+
+    unknown = [s for s in scope if s not in SCOPES]
+    if unknown or not (scope or agent) or not name.strip():
+        typer.echo(
+            f"relaybot: give a --name and scopes among {', '.join(SCOPES)} or --agent", err=True
+        )
+        raise typer.Exit(2)
+    token = new_token()
+    scopes = [*scope, *(f"approve:{a}" for a in agent)]
+    entry = {"name": name.strip(), "scopes": scopes, "sha256": digest(token)}
+    typer.echo(token)
+    typer.echo(
+        "relaybot: the token above is shown once. Add this entry to API_TOKENS (a JSON list):",
+        err=True,
+    )
+    typer.echo(json.dumps(entry), err=True)
+
+
 def main() -> None:
     from app.plugins import CLI, plugins
 

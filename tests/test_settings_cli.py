@@ -271,3 +271,26 @@ def test_orders_load_sample_is_repeatable(tmp_path: Path) -> None:
 
     with sqlite3.connect(tmp_path / "shop.db") as db:
         assert db.execute("select count(*), sum(amount_cents) from orders").fetchone() == (4, 61200)
+
+
+def test_tokens_create_prints_a_token_once_and_its_hashed_entry(tmp_path: Path) -> None:
+    import json
+
+    from app.tokens import read_tokens
+
+    made = relaybot(
+        "tokens", "create", "--name", "console", "--scope", "read", "--agent", "deploybot",
+        cwd=tmp_path, env=base_env(),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    entry = json.loads(made.stderr.strip().splitlines()[-1])
+    assert token not in made.stderr and entry["sha256"] != token  # only its digest is kept
+    found = read_tokens(None, json.dumps([entry])).find(token)
+    assert found is not None and found.name == "console"
+    assert found.allows("read") and found.approves("deploybot") and not found.allows("launch")
+    assert read_tokens(None, json.dumps([entry])).find(token + "x") is None
+    bad = relaybot(
+        "tokens", "create", "--name", "x", "--scope", "root", cwd=tmp_path, env=base_env()
+    )
+    assert bad.returncode == 2 and "scopes among" in bad.stderr
