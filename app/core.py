@@ -47,10 +47,16 @@ class PendingApproval:
     arguments: dict[str, Any]
     request_seq: int = 0
     requested_by: str | None = None
+    requesters: frozenset[str] = frozenset()
 
     @property
     def digest(self) -> str:
         return arguments_digest(self.intent, self.arguments)
+
+    @property
+    def askers(self) -> frozenset[str]:
+        """Who asked for it, for four-eyes and cancels (older events name one person)."""
+        return self.requesters or frozenset(filter(None, [self.requested_by]))
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,10 @@ class ThreadState:
     # An allowed approval, from the decision until its tool starts (or ends): whatever
     # arrives in between (a message, a timer), the approved call runs next, once.
     approved: PendingApproval | None = None
-    # Who wrote last (``channel:id``): the requester of what the model asks next.
+    # Who wrote last (``channel:id``), and everyone who wrote since the agent last finished a
+    # task: the requesters of what the model asks next.
     last_author: str | None = None
+    task_authors: frozenset[str] = frozenset()
 
 
 def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
@@ -91,7 +99,7 @@ def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
     s = replace(state, version=stored.seq, last=event)
     match event:
         case UserMessage():
-            s = replace(s, last_author=_principal_key(event.channel, event.author))
+            s = _wrote(s, _principal_key(event.channel, event.author))
             if s.status == "awaiting_approval":
                 return s  # read by the model after the decision; it decides nothing
             # A tool in flight stays so: only its outcome or a person's decision settles it.
@@ -127,6 +135,7 @@ def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
                 dict(event.arguments),
                 stored.seq,
                 event.requested_by,
+                frozenset(event.requesters or ()),
             )
             waiting = Waiting("approval", stored.seq, stored.created_at)
             return replace(s, status="awaiting_approval", pending=pending, waiting=waiting)
@@ -135,14 +144,12 @@ def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
             if decided is None or not _decides(event, decided):
                 return s  # decides nothing (the service never appends such a decision)
             approved = decided if event.kind == "approval" and event.approved else None
-            return replace(
-                _fresh_turn(s, author=_principal_key(event.channel, event.author)),
-                approved=approved,
-            )
+            return replace(_fresh_turn(s), approved=approved)
         case HumanResponse():
+            s = _wrote(s, _principal_key(event.channel, event.author))
             if s.status == "awaiting_approval":
                 return s  # free text never decides a pending approval
-            return _fresh_turn(s, author=_principal_key(event.channel, event.author))
+            return _fresh_turn(s)
         case InformationRequested():
             waiting = Waiting("response", stored.seq, stored.created_at)
             return replace(s, status="awaiting_response", waiting=waiting)
@@ -162,7 +169,7 @@ def apply(state: ThreadState, stored: StoredEvent) -> ThreadState:
                 return s
             return _fresh_turn(s)
         case DoneForNow():
-            return replace(s, status="done", waiting=None)
+            return replace(s, status="done", waiting=None, task_authors=frozenset())
 
 
 def _decides(event: HumanResponse, pending: PendingApproval) -> bool:
@@ -178,11 +185,17 @@ def _settled(approved: PendingApproval | None, action_seq: int | None) -> Pendin
     return None if approved is not None and approved.action_seq == action_seq else approved
 
 
+def _wrote(s: ThreadState, author: str | None) -> ThreadState:
+    if author is None:
+        return s
+    return replace(s, last_author=author, task_authors=s.task_authors | {author})
+
+
 def _principal_key(channel: str, author: str | None) -> str | None:
     return None if author is None else f"{channel}:{author}"
 
 
-def _fresh_turn(s: ThreadState, author: str | None = None) -> ThreadState:
+def _fresh_turn(s: ThreadState) -> ThreadState:
     """A person spoke: the thread runs, nothing is pending, the error and step counts restart."""
     return replace(
         s,
@@ -192,7 +205,6 @@ def _fresh_turn(s: ThreadState, author: str | None = None) -> ThreadState:
         consecutive_errors=0,
         recent_errors=(),
         model_calls_since_human=0,
-        last_author=author or s.last_author,
     )
 
 
@@ -357,10 +369,12 @@ def consequences(
     requested_by: str | None = None,
     *,
     gated: bool | None = None,
+    requesters: frozenset[str] = frozenset(),
 ) -> list[Event]:
     """Events that follow the model's choice at once, in the same append as the choice.
-    ``requested_by``: who wrote last (``ThreadState.last_author``), for four-eyes;
-    ``gated``: the tool's whole gate, where the caller checked it (it may need I/O)."""
+    ``requested_by``/``requesters``: who wrote last, and everyone who wrote in this task
+    (``ThreadState.last_author``, ``task_authors``), for four-eyes; ``gated``: the tool's
+    whole gate, where the caller checked it (it may need I/O)."""
     intent = str(action["intent"])
     args = {k: v for k, v in action.items() if k != "intent"}
     if intent == "request_more_information":
@@ -376,6 +390,7 @@ def consequences(
                 action_seq=action_seq,
                 requested_by=requested_by,
                 digest=arguments_digest(intent, args),
+                requesters=sorted(requesters | ({requested_by} if requested_by else set())),
             )
         ]
     return []

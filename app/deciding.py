@@ -167,4 +167,4 @@ class Deciding:
             return None, None
         policy = self.policies.for_call(agent, pending.intent)
         who = await self._with_groups(principal, policy)
-        return pending, refusal(policy, who, pending.requested_by, cancel=cancel)
+        return pending, refusal(policy, who, pending.askers, cancel=cancel)

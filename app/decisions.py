@@ -41,7 +41,7 @@ def decision_event(
         raise NotAwaiting(thread_id, "deciding another request", "this decision")
     if digest is not None and digest != pending.digest:
         raise NotAwaiting(thread_id, "asking about other arguments", "this decision")
-    why = refusal(policy, principal, pending.requested_by, cancel=kind == "cancel")
+    why = refusal(policy, principal, pending.askers, cancel=kind == "cancel")
     if why is not None:
         raise NotAllowed(thread_id, principal.key, why)
     channel = principal.channel if principal.channel in CHANNELS else "system"

@@ -200,7 +200,12 @@ class Engine:
                 await self._append_fact(thread, agent, outcome)
             return None
         asks = core.consequences(
-            chosen_seq, action_dict, agent, thread.state.last_author, gated=gated
+            chosen_seq,
+            action_dict,
+            agent,
+            thread.state.last_author,
+            gated=gated,
+            requesters=thread.state.task_authors,
         )
         await self._append(thread, agent, [chosen, *asks])
         return None

@@ -80,8 +80,9 @@ class ErrorEvent(_Event):
 
 
 class ApprovalRequested(_Event):
-    """A gated call waits for a person who may decide. ``requested_by`` is the principal
-    whose message led to it (``channel:id``), for four-eyes; ``digest`` names exactly these
+    """A gated call waits for a person who may decide. ``requested_by`` is the principal who
+    wrote last before it (``channel:id``), ``requesters`` everyone who wrote in the task that
+    led to it (for four-eyes: none of them may approve it); ``digest`` names exactly these
     arguments: a decision for any other call does not count."""
 
     type: Literal["approval_requested"] = "approval_requested"
@@ -90,6 +91,7 @@ class ApprovalRequested(_Event):
     action_seq: int
     requested_by: str | None = None
     digest: str | None = None
+    requesters: list[str] | None = None
 
 
 class HumanResponse(_Event):

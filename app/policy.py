@@ -20,7 +20,7 @@ replaces the agent's for that channel).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -89,24 +89,28 @@ class ApprovalPolicy:
 
 
 def refusal(
-    policy: ApprovalPolicy, principal: Principal, requested_by: str | None, *, cancel: bool = False
+    policy: ApprovalPolicy,
+    principal: Principal,
+    requesters: Collection[str],
+    *,
+    cancel: bool = False,
 ) -> str | None:
     """Why ``principal`` may not decide (or, with ``cancel``, cancel) a request; None if they
-    may. The requester may always cancel their own request, never approve it under four-eyes."""
-    if cancel and requested_by is not None and principal.key == requested_by:
+    may. ``requesters``: who asked for it (everyone who wrote in the task that led to it); they
+    may always cancel it, and never approve it under four-eyes."""
+    if cancel and principal.key in requesters:
         return None
     if principal.channel == "link":
-        return _link_refusal(policy, principal, requested_by)
+        return _link_refusal(policy, principal, requesters)
     if not policy.allows(principal):
         return f"{principal.key} may not decide this request"
-    own = requested_by is not None and principal.key == requested_by
-    if policy.four_eyes and own and not cancel:
+    if policy.four_eyes and principal.key in requesters and not cancel:
         return "four-eyes: the person who asked may not approve their own request"
     return None
 
 
 def _link_refusal(
-    policy: ApprovalPolicy, principal: Principal, requested_by: str | None
+    policy: ApprovalPolicy, principal: Principal, requesters: Collection[str]
 ) -> str | None:
     """A signed link proves only that its holder got the mail it was in: it decides if
     everyone that mail went to may decide (and, under four-eyes, none of them asked)."""
@@ -115,7 +119,7 @@ def _link_refusal(
         return None
     if not sent_to or not all(policy.allows(Principal("email", a, "link")) for a in sent_to):
         return "this link was sent to someone who may not decide this request"
-    if policy.four_eyes and requested_by in {f"email:{a}" for a in sent_to}:
+    if policy.four_eyes and {f"email:{a}" for a in sent_to} & set(requesters):
         return "four-eyes: the link went to the person who asked"
     return None
 

@@ -131,7 +131,9 @@ async def launch(
     token: Annotated[ApiToken, scoped("launch")],
     idempotency_key: IdemKey = None,
 ) -> Any:
-    idem = idempotency_key and Idempotency.of("api", "thread", idempotency_key, body.model_dump())
+    # Keys are per token: another token's key names another request.
+    scope = f"{token.name}/thread"
+    idem = idempotency_key and Idempotency.of("api", scope, idempotency_key, body.model_dump())
     return await threads.launch(
         body.message,
         agent=body.agent,
@@ -158,7 +160,7 @@ async def respond(
     token: Annotated[ApiToken, Depends(_token)],
     idempotency_key: IdemKey = None,
 ) -> Any:
-    scope = f"thread/{thread_id}/response"
+    scope = f"{token.name}/thread/{thread_id}/response"
     idem = idempotency_key and Idempotency.of("api", scope, idempotency_key, body.model_dump())
     if isinstance(body, ApprovalBody):
         # Who may decide is the agent's policy, checked by the core like for every channel.

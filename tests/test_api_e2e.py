@@ -62,6 +62,7 @@ async def test_approve_flow_deploys_exactly_once(
         "action_seq": 4,
         "requested_by": "api:anonymous",
         "digest": arguments_digest("deploy_backend", {"tag": "v1.2.0"}),
+        "requesters": ["api:anonymous"],
     }
     assert deploy_hook.calls == []  # nothing runs before a person approves
     # The model saw the tags it listed.

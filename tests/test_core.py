@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from agents import deploybot
 from app import core
 from app.agent import Agent
@@ -152,9 +154,34 @@ def test_consequences_of_each_kind_of_action() -> None:
             action_seq=2,
             requested_by="slack:UALICE",
             digest=arguments_digest("deploy_backend", {"tag": "v1"}),
+            requesters=["slack:UALICE"],
         )
     ]
     ask = {"intent": "request_more_information", "message": "which?"}
     assert core.consequences(2, ask, AGENT) == [InformationRequested(question="which?")]
     done = {"intent": "done_for_now", "message": "bye"}
     assert core.consequences(2, done, AGENT) == [DoneForNow(message="bye")]
+
+
+def test_everyone_who_asked_in_the_task_is_a_requester_for_four_eyes() -> None:
+    """A bystander's word just before the model acts does not make the asker an approver."""
+    from app.decisions import decision_event
+    from app.errors import NotAllowed
+    from app.policy import ApprovalPolicy, Principal
+
+    alice = UserMessage(text="deploy", channel="slack", author="UALICE")
+    chatter = UserMessage(text="+1", channel="slack", author="UMAL")
+    state = core.project(stored(alice, chatter))
+    assert state.task_authors == {"slack:UALICE", "slack:UMAL"}
+    asked = core.consequences(3, DEPLOY, AGENT, state.last_author, requesters=state.task_authors)
+    waiting = core.project(stored(alice, chatter, ActionChosen(action=DEPLOY), *asked))
+    policy = ApprovalPolicy(frozenset({"slack:UALICE", "slack:UBOB"}), four_eyes=True)
+    alice_p = Principal("slack", "UALICE", "test")
+    with pytest.raises(NotAllowed, match="four-eyes"):
+        decision_event("t", waiting, "approval", alice_p, policy, approved=True)
+    bob = Principal("slack", "UBOB", "test")
+    assert decision_event("t", waiting, "approval", bob, policy, approved=True).approved
+    # The one who asked may still withdraw it.
+    assert decision_event("t", waiting, "cancel", alice_p, policy).kind == "cancel"
+    done = core.project(stored(alice, chatter, DoneForNow(message="ok")))
+    assert done.task_authors == frozenset()  # a new task starts with the next message

@@ -200,7 +200,10 @@ class ApprovalMachine(RuleBasedStateMachine):
                     result = ToolResult(intent="look", result="[]", action_seq=seq)
                     self._append(t, chosen, result)
                 else:
-                    asks = core.consequences(seq, action, AGENT, thread.state.last_author)
+                    state = thread.state
+                    asks = core.consequences(
+                        seq, action, AGENT, state.last_author, requesters=state.task_authors
+                    )
                     self._append(t, chosen, *asks)
             case core.RunTool():
                 self._run(t, move, crash=False)
@@ -279,7 +282,8 @@ class ApprovalMachine(RuleBasedStateMachine):
                 assert decision_seq > thread.copied, "a copied approval ran again in a fork"
                 who = Principal(event.channel, str(event.author), "")
                 assert POLICY.allows(who), f"{who.key} approved {action}"
-                assert who.key != asked.requested_by, "the requester approved their own call"
+                askers = set(asked.requesters or ()) | {asked.requested_by}
+                assert who.key not in askers, "someone who asked approved their own call"
                 assert (event.evidence or {}).get("digest") == asked.digest
             for action_seq, count in runs_per_call.items():
                 action = dict(next(a for s, a in thread.runs if s == action_seq))

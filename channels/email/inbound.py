@@ -33,7 +33,7 @@ from app.settings import Settings
 from app.store import Receipt
 from app.store.outbox import Outbox
 from channels.email.auth import SenderCheck, check_sender
-from channels.email.decide import Decided, DecisionWords, Unclear, read_decision
+from channels.email.decide import Decided, DecisionWords, read_decision
 from channels.email.outbound import EmailSender
 from channels.email.parse import InboundMail, parse
 from channels.email.threading import index_root, our_message, thread_of_root
@@ -41,6 +41,7 @@ from channels.email.tokens import TokenError, read_reply_token, token_from_addre
 
 log = logging.getLogger(__name__)
 
+UNVERIFIED = "our mail server could not verify that it came from you"
 HOW_TO_DECIDE = (
     "Your reply did not decide the request ({why}). To decide, answer with one word first: "
     "approve, or reject followed by your reason (cancel withdraws the request). Your message "
@@ -205,6 +206,8 @@ class EmailInbound:
         if target.seq is None:  # it only threads: a message, never a decision
             if mail.sender != author and mail.sender not in approvers:
                 return await self._refuse(mail, message_id, f"{mail.sender} is not in the thread")
+            if mail.sender != author and not self._vouched(check):
+                return await self._refuse(mail, message_id, UNVERIFIED)
             return await self._message(mail, message_id, check, idem, target.thread_id, text)
         if not 1 <= target.seq <= record.version:
             return await self._refuse(mail, message_id, "the message answered is not ours")
@@ -221,6 +224,8 @@ class EmailInbound:
         if pending is None or pending.request_seq != request_seq:
             if state.status == "awaiting_response" and mail.sender in approvers:
                 # An escalation to the approvers: their answer says how to go on.
+                if not self._vouched(check):
+                    return await self._refuse(mail, message_id, UNVERIFIED)
                 return await self._message(mail, message_id, check, idem, target.thread_id, text)
             return await self._refuse(mail, message_id, "that request was already decided")
         who = Principal(
@@ -236,9 +241,10 @@ class EmailInbound:
             _, why_not = await self.threads.may_decide(target.thread_id, who, cancel=True)
         if why_not is not None:
             return await self._refuse(mail, message_id, f"{mail.sender} may not answer for this")
-        if self.authserv_ids and check.verdict != "pass":
-            # Our server could not vouch for the sender: a decision needs that.
-            decision = Unclear("our mail server could not verify that it came from you")
+        if not self._vouched(check):
+            # A decider's word, decision or not, needs our server to vouch for the sender:
+            # otherwise anyone could write in an approver's name.
+            return await self._refuse(mail, message_id, UNVERIFIED)
         if not isinstance(decision, Decided):
             why = decision.why
             reply = Reply(
@@ -280,6 +286,11 @@ class EmailInbound:
         except NotAllowed as exc:
             return await self._refuse(mail, message_id, exc.reason)
         return Outcome("decided", target.thread_id)
+
+    def _vouched(self, check: SenderCheck) -> bool:
+        """Whether our server vouched for the sender, where it can (EMAIL_AUTHSERV_ID set);
+        without it only a reported failure counts, and that was refused at the door."""
+        return not self.authserv_ids or check.verdict == "pass"
 
     async def _message(
         self,
