@@ -8,15 +8,12 @@ from __future__ import annotations
 import hashlib
 from email.message import EmailMessage
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pytest
-
 from channels.email.mime import MAX_CONTAINERS, MAX_HEADER_FIELDS
 from channels.email.parse import InboundMail, MailRejected, parse, safe_id
-
-BAD = ("\x00", *(chr(c) for c in range(0xD800, 0xE000, 0x7F)))
 
 
 def unsafe(text: str) -> bool:
