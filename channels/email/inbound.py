@@ -35,7 +35,7 @@ from app.store.outbox import Outbox
 from channels.email.auth import SenderCheck, check_sender
 from channels.email.decide import Decided, DecisionWords, Unclear, read_decision
 from channels.email.outbound import EmailSender
-from channels.email.parse import InboundMail, parse
+from channels.email.parse import InboundMail
 from channels.email.threading import index_root, our_message, thread_of_root
 from channels.email.tokens import TokenError, read_reply_token, token_from_address
 
@@ -98,11 +98,9 @@ class EmailInbound:
         self.words = decision_words(settings)
         self.authserv_ids = [a.strip() for a in settings.email_authserv_id.split(",") if a.strip()]
 
-    async def receive(self, raw: bytes) -> Outcome:
-        """Parse ``raw`` here and handle it (``intake.Intake`` parses off the event loop)."""
-        return await self.handle(parse(raw, max_text_chars=self.settings.email_max_text_chars), raw)
-
     async def handle(self, mail: InboundMail, raw: bytes) -> Outcome:
+        """Append ``mail`` (read from ``raw`` by ``intake.Intake``, off the event loop), or
+        refuse it."""
         message_id = mail.message_id or f"<{hashlib.sha256(raw).hexdigest()[:32]}@no-message-id>"
         idem = Idempotency.of("email", "message", message_id, {})
         if await self.threads.store.get_receipt(idem.channel, idem.key) is not None:

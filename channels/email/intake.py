@@ -61,14 +61,15 @@ class Intake:
     async def take(self, raw: bytes, source: str) -> Taken:
         """Process ``raw``; hold it if it can never be processed; Unavailable if not now."""
         mail: InboundMail | None = None
+        postmark = source == "postmark"  # the content is Postmark's JSON, not MIME
         try:
-            mail = await self.parser.parse(raw)
+            mail = await self.parser.parse(raw, postmark=postmark)
             return Taken(outcome=await self.inbound.handle(mail, raw))
         except asyncio.CancelledError:
             raise
         except MailRejected as exc:
             reason = f"unreadable: {exc.reason}"
-            mail = await self._headers_of(raw[:HEADER_BYTES])
+            mail = None if postmark else await self._headers_of(raw[:HEADER_BYTES])
         except Exception as exc:
             if is_transient(exc):
                 raise Unavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc

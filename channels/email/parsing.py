@@ -1,6 +1,7 @@
 """Parsing off the event loop.
 
-Reading a large mail is CPU work: the feedparser takes about a second for 20 MB. On the event
+Reading a large mail is CPU work: the feedparser takes about a second for 20 MB (and
+decoding Postmark's JSON is one long call). On the event
 loop that second stalls every request (Slack wants its ack within 3 s). In a thread of the
 same process it would still hold the GIL for long stretches of C (decoding a 20 MB body is
 one call), so by default the parse runs in a small pool of worker processes
@@ -24,6 +25,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from channels.email.parse import InboundMail, MailRejected, parse
+from channels.email.postmark import parse_postmark
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ class Parser:
         self._pool: Executor | None = None
         self._slots = asyncio.Semaphore(max(processes, 1))
 
-    async def parse(self, raw: bytes) -> InboundMail:
-        """The mail ``raw`` holds; MailRejected if it cannot be read (in time)."""
-        work = functools.partial(parse, raw, max_text_chars=self.max_text_chars)
+    async def parse(self, raw: bytes, *, postmark: bool = False) -> InboundMail:
+        """The mail ``raw`` holds (``postmark``: Postmark's JSON describing it); MailRejected
+        if it cannot be read (in time)."""
+        read = parse_postmark if postmark else parse
+        work = functools.partial(read, raw, max_text_chars=self.max_text_chars)
         async with self._slots:
             try:
                 return await self._run(work)

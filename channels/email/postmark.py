@@ -10,18 +10,30 @@ Postmark sent it, a placeholder of nothing otherwise: only their listing is ever
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
 
 from app.text import clean
 from channels.email.mime import MailRejected
+from channels.email.parse import InboundMail, parse
 
 COPIED_HEADERS = {"in-reply-to", "references", "authentication-results", "delivered-to"}
 _LINE_BREAKS = re.compile(r"[\r\n\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
 _CONTENT_TYPE = re.compile(r"[\w.+-]{1,100}/[\w.+-]{1,100}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
 _NAME = re.compile(r"[^\w .,()+-]")
+
+
+def parse_postmark(body: bytes, *, max_text_chars: int) -> InboundMail:
+    """The mail a webhook's body (Postmark's JSON) describes; MailRejected if it is not JSON
+    or not an object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested past the decoder's stack
+        raise MailRejected("it is not JSON") from None
+    return parse(postmark_to_mime(data), max_text_chars=max_text_chars)
 
 
 def postmark_to_mime(data: Any) -> bytes:
