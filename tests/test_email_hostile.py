@@ -6,6 +6,7 @@ error, never unbounded work. Identifiers too long to key are keyed by digest, co
 from __future__ import annotations
 
 import hashlib
+import json
 from email.message import EmailMessage
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from channels.email.mime import MAX_CONTAINERS, MAX_HEADER_FIELDS
 from channels.email.parse import InboundMail, MailRejected, parse, safe_id
+from channels.email.postmark import parse_postmark
 
 
 def unsafe(text: str) -> bool:
@@ -36,9 +38,12 @@ def strings(mail: InboundMail) -> list[str]:
     ]
 
 
-def parsed_or_rejected(raw: bytes, **kwargs: int) -> InboundMail | None:
+def parsed_or_rejected(raw: bytes, postmark: bool = False, **kwargs: int) -> InboundMail | None:
     try:
-        mail = parse(raw, **kwargs)
+        if postmark:
+            mail = parse_postmark(raw, max_text_chars=kwargs.get("max_text_chars", 1_000))
+        else:
+            mail = parse(raw, **kwargs)
     except MailRejected as exc:
         assert exc.reason
         return None
@@ -105,6 +110,53 @@ def test_any_mime_is_read_or_refused_cleanly(raw: bytes, limit: int) -> None:
         assert len(mail.body) <= limit + 120
 
 
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=30)  # surrogates too
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+POSTMARK = st.fixed_dictionaries(
+    {},
+    optional={
+        name: JSON | ANY_TEXT
+        for name in ("From", "To", "Cc", "Subject", "MessageID", "TextBody", "HtmlBody")
+    }
+    | {
+        "Headers": JSON
+        | st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "Name": st.sampled_from(["References", "In-Reply-To", "X"]) | JSON,
+                    "Value": VALUE_PIECES | ANY_TEXT | JSON,
+                },
+            )
+            | JSON,
+            max_size=4,
+        ),
+        "Attachments": JSON
+        | st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "Name": ANY_TEXT | JSON,
+                    "ContentType": st.sampled_from(["text/plain", "a b", "x/y; z"]) | JSON,
+                    "Content": st.sampled_from(["aGk=", "!!", ""]) | JSON,
+                },
+            ),
+            max_size=3,
+        ),
+    },
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(POSTMARK | JSON)
+def test_postmark_json_of_any_shape_is_read_or_refused_cleanly(data: object) -> None:
+    parsed_or_rejected(json.dumps(data).encode(), postmark=True)
+
+
 # -- structure --------------------------------------------------------------------------------
 
 
@@ -148,6 +200,13 @@ def test_broken_boundaries_and_odd_encodings_still_read() -> None:
         b"aGVsbG8gdGhlcmU=\r\n--C--\r\n"
     )
     assert parse(raw).text == "hello there"
+    # 8-bit content whose charset no codec takes: the stdlib's own reading of it raises.
+    raw = (
+        b"From: a@x.test\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n\r\nhi\r\n"
+        b'--B\r\nContent-Type: text/csv; charset="utf-8\x00"\r\n\r\n\xc3\xa4\xff,1\r\n--B--\r\n'
+    )
+    [listed] = parse(raw).attachments
+    assert (listed.content_type, listed.size) == ("text/csv", 5)
 
 
 # -- text and identifiers ---------------------------------------------------------------------

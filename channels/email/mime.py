@@ -101,8 +101,8 @@ def walk(msg: Message) -> list[tuple[Message, int]]:
         found.append((part, depth))
         if len(found) > MAX_PARTS:
             raise MailRejected(f"it has more than {MAX_PARTS:,} MIME parts")
-        children = part.get_payload()
-        if isinstance(children, list):
+        if part.is_multipart():  # (a leaf's get_payload would decode it)
+            children = [c for c in part.get_payload() if isinstance(c, Message)]
             stack.extend((child, depth + 1) for child in reversed(children))
     return found
 
@@ -115,12 +115,12 @@ def _leaves(msg: Message) -> list[tuple[Message, bool]]:
     stack = [(msg, True)]
     while stack:
         part, may_be_body = stack.pop()
-        children = part.get_payload()
         if (
-            isinstance(children, list)
+            part.is_multipart()
             and part.get_content_maintype() == "multipart"
             and not _is_attachment(part)
         ):
+            children = [c for c in part.get_payload() if isinstance(c, Message)]
             related = part.get_content_subtype() == "related"
             stack.extend(
                 (child, may_be_body and not (related and i > 0))
@@ -163,7 +163,13 @@ def _size(part: Message) -> int:
     """The decoded size, from the encoded form (the content itself is never decoded)."""
     total = 0
     for leaf, _ in walk(part):
-        encoded = leaf.get_payload(decode=False)
+        if leaf.is_multipart():
+            continue
+        try:
+            encoded = leaf.get_payload(decode=False)
+        except ValueError:  # 8-bit content in a charset no codec takes ("utf-8\0"): decoded
+            total += len(leaf.get_payload(decode=True) or b"")
+            continue
         if not isinstance(encoded, str):
             continue
         length = len(encoded)
@@ -178,9 +184,8 @@ def decoded_text(part: Message) -> str:
     """A text part's content as text: its transfer encoding undone, its charset decoded
     (an unknown or unusable charset as UTF-8), nothing raised."""
     payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        encoded = part.get_payload(decode=False)
-        payload = encoded.encode("utf-8", "surrogateescape") if isinstance(encoded, str) else b""
+    if not isinstance(payload, bytes):  # a multipart: never chosen as a body
+        return ""
     return decode_bytes(payload, part.get_content_charset() or "utf-8")
 
 
