@@ -92,13 +92,15 @@ async def test_a_poison_mail_is_held_in_the_failed_folder_and_the_next_ones_are_
 ) -> None:
     llm_server.responder = idle
     long_id = long_id_mail("deploy, long id").replace(b"ana@", b"long@")
+    too_large = customer_mail("x" * 41_000_000, sender="big@example.net", to=BOT,
+                              message_id="<big@example.net>")  # fmt: skip
     # The poison first: the reader took the oldest unseen message and retried it forever.
-    for raw in (deep_mail(), nul_mail(), long_id, token_mail(), good_mail()):
+    for raw in (deep_mail(), nul_mail(), long_id, token_mail(), too_large, good_mail()):
         await dovecot.append("bot", "secret", raw)
     settings = email_settings(database_url, llm_server, smtp_sink.port, dovecot=dovecot)
     async with serve(settings, agents()) as svc:
         fetcher = svc.app_state.channels["email"].state.fetcher
-        await eventually(lambda: _true(fetcher.processed + fetcher.held == 5), within=30)
+        await eventually(lambda: _true(fetcher.processed + fetcher.held == 6), within=30)
         threads = await threads_by_author(svc)
         assert set(threads) == {"nul@example.net", "long@example.net", "good1@example.net"}
         nul = threads["nul@example.net"]["record"].events[0].event
@@ -106,14 +108,18 @@ async def test_a_poison_mail_is_held_in_the_failed_folder_and_the_next_ones_are_
         assert "\x00" not in nul.subject + nul.text and nul.text.startswith("please deploy")
         assert threads["long@example.net"]["summary"].channel_key == safe_id(LONG_ID)
         quarantine = Quarantine(svc.app_state.runtime.store.engine)
-        [listed] = await quarantine.list()
-        held = await quarantine.get(listed.id)
+        big, deep = await quarantine.list()  # newest first
+        held = await quarantine.get(deep.id)
         assert held is not None and held.source == "imap" and held.sender == "eve@example.net"
         assert "nested" in held.reason and b"<deep@example.net>" in (held.content or b"")
+        assert (big.sender, big.external_id) == ("big@example.net", "<big@example.net>")
+        assert big.reason.startswith("too large") and big.size > 41_000_000
+        assert (await quarantine.get(big.id)).content is None  # type: ignore[union-attr]
     inbox = await dovecot.fetch_all("bot", "secret")
     assert len(inbox) == 4 and all("\\Seen" in flags for _, flags, _ in inbox)
-    [(_, _, moved)] = await dovecot.fetch_all("bot", "secret", "relaybot-failed")
-    assert b"Message-ID: <deep@example.net>" in moved
+    moved = await dovecot.fetch_all("bot", "secret", "relaybot-failed")
+    assert [raw.count(b"Message-ID: <") for _, _, raw in moved] == [1, 1]
+    assert b"<deep@example.net>" in moved[0][2] and b"<big@example.net>" in moved[1][2]
 
 
 async def _true(value: bool) -> bool:

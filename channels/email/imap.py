@@ -117,16 +117,21 @@ class ImapFetcher:
 
     async def _file(self, client: aioimaplib.IMAP4, uid: int, taken: Taken) -> None:
         """Out of the unseen: to the failed folder if held, else as processed mail goes."""
-        if taken.held is not None:
+        if taken.held is None:
+            self.processed += 1
+            if self.settings.imap_processed_folder:
+                await _move(client, uid, self.settings.imap_processed_folder)
+                return
+        else:
             self.held += 1
             target = self.settings.imap_failed_folder
-        else:
-            self.processed += 1
-            target = self.settings.imap_processed_folder or ""
-        if target:
-            await _move(client, uid, target)
-        else:
-            _ok(await client.uid("store", str(uid), "+FLAGS", "(\\Seen)"), "STORE")
+            try:
+                if target:
+                    await _move(client, uid, target)
+                    return
+            except Refused as exc:  # flagged instead: held mail must not come round again
+                log.warning("IMAP: cannot move held mail to %s (%s); flagging it", target, exc)
+        _ok(await client.uid("store", str(uid), "+FLAGS", "(\\Seen)"), "STORE")
 
 
 async def _sizes(client: aioimaplib.IMAP4, uids: list[int]) -> dict[int, int]:
@@ -170,10 +175,14 @@ def _check_open(client: aioimaplib.IMAP4) -> None:
         raise ConnectionError("the IMAP connection was closed")
 
 
+class Refused(ConnectionError):
+    """The server answered NO or BAD (a reconnect is how the reader starts over)."""
+
+
 def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:
     if response.result != "OK":
         detail = _text(response)[:200]
-        raise ConnectionError(f"{what} failed: {detail.decode(errors='replace')}")
+        raise Refused(f"{what} failed: {detail.decode(errors='replace')}")
     return response
 
 
