@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -99,9 +99,7 @@ class Quarantine:
             again = await conn.execute(
                 update(table)
                 .where(table.c.channel == channel, table.c.digest == digest)
-                .values(
-                    status=HELD, attempts=table.c.attempts + 1, updated_at=now, **values
-                )
+                .values(status=HELD, attempts=table.c.attempts + 1, updated_at=now, **values)
                 .returning(table.c.id)
             )
             return int(again.scalar_one())
@@ -130,12 +128,3 @@ class Quarantine:
                 .values(status=status, updated_at=utcnow())
             )
         return bool(done.rowcount)
-
-    async def held_by_channel(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(table.c.channel, func.count())
-                .where(table.c.status == HELD)
-                .group_by(table.c.channel)
-            )
-            return {channel: int(n) for channel, n in rows}
