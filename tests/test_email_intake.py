@@ -163,6 +163,20 @@ async def test_the_webhook_answers_4xx_for_mail_that_can_never_be_processed(svc:
     assert (await post(svc, token_mail())).json()["action"] == "duplicate"
 
 
+async def test_a_failure_not_known_to_pass_holds_the_message_and_says_little(
+    svc: Service,
+) -> None:
+    # EMAIL_AGENTS sends refunds@ to an agent this service does not have (since removed,
+    # say): every such mail would fail the same way until someone changes the settings.
+    answer = await post(svc, customer_mail("refund please", to="refunds@relay.test"))
+    assert answer.status_code == 422
+    assert answer.json()["reason"] == "failed: UnknownAgent"  # the kind, not the details
+    [held] = await Quarantine(svc.app_state.runtime.store.engine).list()
+    assert held.reason.startswith("failed: UnknownAgent: unknown agent 'refunds'")
+    assert held.external_id == "<ana-1@example.net>" and held.sender == "ana@example.net"
+    assert (await post(svc, good_mail())).json()["action"] == "started"  # the next one
+
+
 async def test_a_long_message_id_is_keyed_by_digest_wherever_it_is_used(svc: Service) -> None:
     started = await post(svc, long_id_mail("deploy please"))
     assert started.status_code == 200 and started.json()["action"] == "started", started.text

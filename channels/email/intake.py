@@ -45,7 +45,8 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class Taken:
-    """What became of a message: an ``outcome``, or held in quarantine (``held``: its id)."""
+    """What became of a message: an ``outcome``, or held in quarantine (``held``: its id,
+    ``reason``: why, as a sender of the message may be told)."""
 
     outcome: Outcome | None = None
     held: int | None = None
@@ -77,6 +78,8 @@ class Intake:
             # every message behind it.
             log.exception("email: processing a message failed; it is held")
             reason = f"failed: {type(exc).__name__}: {exc}"
+            # The sender of the request hears the kind of failure only (no SQL, no values).
+            return await self.hold(raw, source, reason, mail, said=f"failed: {type(exc).__name__}")
         return await self.hold(raw, source, reason, mail)
 
     async def hold_unread(self, head: bytes, size: int, source: str, reason: str) -> Taken:
@@ -103,7 +106,9 @@ class Intake:
         *,
         size: int | None = None,
         digest: str | None = None,
+        said: str | None = None,
     ) -> Taken:
+        """Hold a message with ``reason``; ``said``: what the answer says of it, if shorter."""
         try:
             held = await self.quarantine.hold(
                 channel="email",
@@ -120,7 +125,7 @@ class Intake:
                 raise Unavailable(f"{type(exc).__name__}: {exc}"[:300]) from exc
             raise
         log.warning("email: message held in quarantine as %d: %s", held, reason[:300])
-        return Taken(held=held, reason=reason)
+        return Taken(held=held, reason=said or reason)
 
 
 def is_transient(exc: BaseException) -> bool:
