@@ -1,8 +1,9 @@
 """Prometheus metrics: what the process counts as it runs, and what the database shows.
 
 Counters and histograms live in the process (one set per container; Prometheus sums them
-across replicas). Outbox depth and threads waiting on people are read from the database at
-scrape time, so every replica reports the same, true figure.
+across replicas). Outbox depth, threads waiting on people and inbound messages held in
+quarantine are read from the database at scrape time, so every replica reports the same,
+true figure.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from app.store import Store, utcnow
-from app.store.tables import UTCDateTime, events, outbox, threads
+from app.store.quarantine import HELD
+from app.store.tables import UTCDateTime, events, inbound_quarantine, outbox, threads
 
 __all__ = ["CONTENT_TYPE_LATEST", "exposition"]
 
@@ -102,6 +104,14 @@ async def _database_families(store: Store) -> list[GaugeMetricFamily]:
                 ).group_by(open_asks.c.status)
             )
         ]
+        quarantined = {
+            channel: int(n)
+            for channel, n in await conn.execute(
+                select(inbound_quarantine.c.channel, func.count())
+                .where(inbound_quarantine.c.status == HELD)
+                .group_by(inbound_quarantine.c.channel)
+            )
+        }
     depth = GaugeMetricFamily(
         "relaybot_outbox_rows",
         "Outbound messages by status (pending, sent, dead).",
@@ -122,7 +132,14 @@ async def _database_families(store: Store) -> list[GaugeMetricFamily]:
         n, oldest = found.get(status, (0, None))
         count.add_metric([status], n)
         age.add_metric([status], _seconds_since(oldest, now))
-    return [depth, count, age]
+    held = GaugeMetricFamily(
+        "relaybot_inbound_quarantined",
+        "Inbound messages held because they cannot be processed (relaybot intake list).",
+        labels=["channel"],
+    )
+    for channel, n in sorted(quarantined.items()):
+        held.add_metric([channel], n)
+    return [depth, count, age, held]
 
 
 def _seconds_since(then: datetime | None, now: datetime) -> float:

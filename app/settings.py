@@ -80,12 +80,21 @@ class Settings(BaseSettings):
     email_cancel_words: str = Field(default="", description="more words that cancel")
     email_reply_token_days: Annotated[int, Field(ge=1)] = 30
     email_link_hours: Annotated[int, Field(ge=1)] = 72
+    email_max_text_chars: Annotated[int, Field(ge=1_000)] = Field(
+        default=50_000, description="characters of a mail's text kept; the rest is cut, marked"
+    )
+    email_parse_processes: Annotated[int, Field(ge=0, le=32)] = Field(
+        default=1, description="processes that parse inbound mail; 0: a thread of this one"
+    )
     imap_host: str | None = None
     imap_port: Annotated[int, Field(ge=1, le=65535)] = 993
     imap_username: str | None = None
     imap_password: str | None = None
     imap_folder: str = "INBOX"
     imap_processed_folder: str | None = Field(default=None, description="move processed mail here")
+    imap_failed_folder: str = Field(
+        default="relaybot-failed", description="mail that can never be processed goes here"
+    )
     imap_tls: bool = True
     api_webhook_url: AnyHttpUrl | None = Field(
         default=None, description="where contacts of API threads are POSTed"

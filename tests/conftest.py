@@ -43,7 +43,15 @@ hypothesis_settings.register_profile("fuzz", max_examples=5_000, deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("outbox", "inbound_receipts", "events", "threads", "orders", "refunds")
+TABLES = (
+    "outbox",
+    "inbound_receipts",
+    "inbound_quarantine",
+    "events",
+    "threads",
+    "orders",
+    "refunds",
+)
 
 
 def _pg_url(database: str) -> str:

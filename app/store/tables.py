@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -120,4 +121,27 @@ outbox = Table(
     Column("sent_at", UTCDateTime(), nullable=True),
     UniqueConstraint("thread_id", "seq", "channel"),
     Index(None, "status", "next_attempt_at"),
+)
+
+# Inbound messages that can never be processed as they are (a mail too deep to parse, say):
+# kept with the reason, out of the way of the next one, until someone retries or drops them.
+# One row per channel and content (the same bytes delivered again find their row).
+inbound_quarantine = Table(
+    "inbound_quarantine",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("channel", String(16), nullable=False),
+    Column("source", String(32), nullable=False),  # how it came: imap, webhook, postmark
+    Column("digest", String(64), nullable=False),  # sha256 of the content, hex
+    Column("external_id", String(512), nullable=True),  # its Message-ID, when it has one
+    Column("sender", String(320), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("content", LargeBinary, nullable=True),  # None when it was too large to keep
+    Column("size", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False, server_default="held"),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("channel", "digest"),
+    Index(None, "status", "created_at"),
 )

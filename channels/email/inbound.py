@@ -35,13 +35,15 @@ from app.store.outbox import Outbox
 from channels.email.auth import SenderCheck, check_sender
 from channels.email.decide import Decided, DecisionWords, read_decision
 from channels.email.outbound import EmailSender
-from channels.email.parse import InboundMail, parse
+from channels.email.parse import InboundMail
 from channels.email.threading import index_root, our_message, thread_of_root
 from channels.email.tokens import TokenError, read_reply_token, token_from_address
 
 log = logging.getLogger(__name__)
 
 UNVERIFIED = "our mail server could not verify that it came from you"
+LISTED_ATTACHMENTS = 20  # named in the text; a mail may carry a thousand
+
 HOW_TO_DECIDE = (
     "Your reply did not decide the request ({why}). To decide, answer with one word first: "
     "approve, or reject followed by your reason (cancel withdraws the request). Your message "
@@ -97,8 +99,9 @@ class EmailInbound:
         self.words = decision_words(settings)
         self.authserv_ids = [a.strip() for a in settings.email_authserv_id.split(",") if a.strip()]
 
-    async def receive(self, raw: bytes) -> Outcome:
-        mail = parse(raw)
+    async def handle(self, mail: InboundMail, raw: bytes) -> Outcome:
+        """Append ``mail`` (read from ``raw`` by ``intake.Intake``, off the event loop), or
+        refuse it."""
         message_id = mail.message_id or f"<{hashlib.sha256(raw).hexdigest()[:32]}@no-message-id>"
         idem = Idempotency.of("email", "message", message_id, {})
         if await self.threads.store.get_receipt(idem.channel, idem.key) is not None:
@@ -177,7 +180,7 @@ class EmailInbound:
             agent=agent,
             channel="email",
             author=mail.sender,
-            channel_key=message_id[:512],
+            channel_key=message_id,  # at most 250 characters, or a digest (parse.safe_id)
             idempotency=idem,
             ref=message_id,
             subject=mail.subject,
@@ -372,7 +375,8 @@ def _request_of(events: Sequence[object], seq: int) -> int | None:
 def _with_attachments(mail: InboundMail, text: str) -> str:
     if not mail.attachments:
         return text
-    listed = ", ".join(
-        f"{a.name} ({a.content_type}, {a.size / 1_000_000:.1f} MB)" for a in mail.attachments
-    )
+    shown = mail.attachments[:LISTED_ATTACHMENTS]
+    listed = ", ".join(f"{a.name} ({a.content_type}, {a.size / 1_000_000:.1f} MB)" for a in shown)
+    if len(mail.attachments) > len(shown):
+        listed += f" and {len(mail.attachments) - len(shown)} more"
     return f"{text}\n\n[Attachments, not opened: {listed}]"

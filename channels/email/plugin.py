@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from app.channel import Channel, ChannelContext
+from app.store.quarantine import Quarantine
 from channels.email import web
 from channels.email.imap import ImapFetcher
 from channels.email.inbound import EmailInbound
+from channels.email.intake import Intake
 from channels.email.outbound import EmailSender
+from channels.email.parsing import Parser
 from channels.email.tokens import LinkSigner
 
 
@@ -24,6 +27,8 @@ from channels.email.tokens import LinkSigner
 class EmailState:
     inbound: EmailInbound
     links: LinkSigner
+    intake: Intake
+    fetcher: ImapFetcher | None = None
 
 
 class EmailPlugin:
@@ -39,9 +44,12 @@ class EmailPlugin:
         links = LinkSigner(s.signing_key, s.email_link_hours * 3600)
         sender = EmailSender(s, ctx.env, ctx.outbox, links)
         inbound = EmailInbound(ctx.threads, s, sender, ctx.outbox)
+        parser = Parser(processes=s.email_parse_processes, max_text_chars=s.email_max_text_chars)
+        intake = Intake(inbound, Quarantine(ctx.store.engine), parser)
+        fetcher = None
         background = []
         if s.imap_enabled:
-            fetcher = ImapFetcher(s, inbound.receive, poll_interval=s.poll_interval)
+            fetcher = ImapFetcher(s, intake, poll_interval=s.poll_interval)
             background.append(fetcher.run)
         return Channel(
             name="email",
@@ -49,7 +57,8 @@ class EmailPlugin:
             answers=("email",),
             approvals_for=[n for n in ctx.agents if ctx.policies.everyone(n, "email")],
             background=background,
-            state=EmailState(inbound, links),
+            state=EmailState(inbound, links, intake, fetcher),
+            close=parser.close,
         )
 
 

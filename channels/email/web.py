@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -21,12 +20,15 @@ from app.errors import NotAllowed, NotAwaiting, ThreadNotFound
 from app.policy import Principal
 from app.service import Idempotency
 from channels.email.inbound import EmailInbound
+from channels.email.intake import Intake, Unavailable
 from channels.email.tokens import LinkSigner, TokenError
 
 if TYPE_CHECKING:
     from channels.email.plugin import EmailState
 
 MAX_MESSAGE_BYTES = 40_000_000
+NEVER_PROCESSED = 422  # what /email/inbound answers for mail held in quarantine
+RETRY_AFTER = 30  # seconds, with a 503
 
 
 def _check_token(request: Request, expected: str | None) -> None:
@@ -46,44 +48,6 @@ async def _body(request: Request) -> bytes:
     return await request.body()
 
 
-def postmark_to_mime(data: dict[str, Any]) -> bytes:
-    """Postmark's inbound JSON as the message it describes (attachments as placeholders of
-    their declared size: their content is not needed)."""
-    msg = EmailMessage()
-    for header in data.get("Headers", []):
-        if header.get("Name", "").lower() in {
-            "in-reply-to",
-            "references",
-            "authentication-results",
-            "delivered-to",
-        }:
-            msg[header["Name"]] = header["Value"]
-    msg["From"] = data.get("From", "")
-    msg["To"] = data.get("To", "")
-    if data.get("Cc"):
-        msg["Cc"] = data["Cc"]
-    msg["Subject"] = data.get("Subject", "")
-    message_id = data.get("MessageID") or ""
-    msg["Message-ID"] = message_id if message_id.startswith("<") else f"<{message_id}>"
-    if data.get("TextBody"):
-        msg.set_content(data["TextBody"])
-        if data.get("HtmlBody"):
-            msg.add_alternative(data["HtmlBody"], subtype="html")
-    else:
-        msg.set_content(data.get("HtmlBody", ""), subtype="html")
-    for attachment in data.get("Attachments", []):
-        maintype, _, subtype = attachment.get("ContentType", "application/octet-stream").partition(
-            "/"
-        )
-        msg.add_attachment(
-            b"\0" * min(int(attachment.get("ContentLength", 0)), 1),
-            maintype=maintype,
-            subtype=subtype or "octet-stream",
-            filename=attachment.get("Name"),
-        )
-    return bytes(msg)
-
-
 def install(app: FastAPI) -> None:
     page = make_environment().get_template("email/decide.html.j2")
 
@@ -92,17 +56,18 @@ def install(app: FastAPI) -> None:
 
     @app.post("/email/inbound", include_in_schema=False)
     async def raw_mime(request: Request) -> JSONResponse:
-        handler = inbound(request)
+        intake = _state(request).intake
         _check_token(request, request.app.state.settings.email_inbound_token)
-        outcome = await handler.receive(await _body(request))
-        return JSONResponse(outcome.__dict__)
+        return await _take(intake, await _body(request), "webhook", NEVER_PROCESSED)
 
     @app.post("/email/postmark", include_in_schema=False)
     async def postmark(request: Request) -> JSONResponse:
-        handler = inbound(request)
+        intake = _state(request).intake
         _check_token(request, request.app.state.settings.email_inbound_token)
-        outcome = await handler.receive(postmark_to_mime(await request.json()))
-        return JSONResponse(outcome.__dict__)
+        # Decoded with the mail, off the event loop. Postmark stops retrying on a 403 only
+        # (any other status is retried for some 10 h): that is the answer for JSON that can
+        # never be taken in.
+        return await _take(intake, await _body(request), "postmark", 403)
 
     @app.get("/email/decide/{token}", include_in_schema=False)
     async def show(token: str, request: Request) -> HTMLResponse:
@@ -168,6 +133,22 @@ def install(app: FastAPI) -> None:
                 _done(page, "Already decided", "This request was already decided.", 409),
             )
         return link, {"intent": pending.intent, "arguments": pending.arguments, "why": None}, None
+
+
+async def _take(intake: Intake, raw: bytes, source: str, never: int) -> JSONResponse:
+    """200 with what became of the message; ``never`` (a 4xx) when it can never be processed
+    (it is held: ``relaybot intake list``); 503 when it cannot be processed now (the
+    provider retries)."""
+    try:
+        taken = await intake.take(raw, source)
+    except Unavailable:
+        busy = {"detail": "cannot take mail now; try again later"}
+        return JSONResponse(busy, 503, headers={"Retry-After": str(RETRY_AFTER)})
+    if taken.held is not None:
+        body = {"action": "quarantined", "id": taken.held, "reason": taken.reason}
+        return JSONResponse(body, never)
+    assert taken.outcome is not None
+    return JSONResponse(taken.outcome.__dict__)
 
 
 def _state(request: Request) -> EmailState:
